@@ -1,0 +1,159 @@
+//! `qgpt inspect`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{print_flush, CliError};
+use qgpt::gguf::{GgufFile, Value};
+use qgpt::memory::Resident;
+use qgpt::model::LoadedModel;
+
+/// Arguments of `qgpt inspect`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF file.
+    file: PathBuf,
+}
+
+/// llama.cpp's `general.file_type` names (`llama_ftype`).
+fn file_type_name(ft: u64) -> &'static str {
+    match ft {
+        0 => "ALL_F32",
+        1 => "MOSTLY_F16",
+        2 => "MOSTLY_Q4_0",
+        3 => "MOSTLY_Q4_1",
+        7 => "MOSTLY_Q8_0",
+        8 => "MOSTLY_Q5_0",
+        9 => "MOSTLY_Q5_1",
+        10 => "MOSTLY_Q2_K",
+        11 => "MOSTLY_Q3_K_S",
+        12 => "MOSTLY_Q3_K_M",
+        13 => "MOSTLY_Q3_K_L",
+        14 => "MOSTLY_Q4_K_S",
+        15 => "MOSTLY_Q4_K_M",
+        16 => "MOSTLY_Q5_K_S",
+        17 => "MOSTLY_Q5_K_M",
+        18 => "MOSTLY_Q6_K",
+        32 => "MOSTLY_BF16",
+        _ => "other",
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Prints the file's structure; exits with an error if it is not a servable GPT-2 model.
+pub fn run(args: Args) -> Result<(), CliError> {
+    let start = Instant::now();
+    let file = Arc::new(GgufFile::open(&args.file)?);
+    let mut s = String::new();
+    writeln!(
+        s,
+        "file: {} ({} bytes, {:.2} MiB), GGUF v{}, alignment {}, {} metadata keys, {} tensors",
+        args.file.display(),
+        file.len(),
+        mib(file.len()),
+        file.version(),
+        file.alignment(),
+        file.metadata().len(),
+        file.tensors().len()
+    )?;
+    if let Some(arch) = file.get("general.architecture").and_then(Value::as_str) {
+        writeln!(s, "architecture: {arch}")?;
+    }
+    if let Some(ft) = file.get("general.file_type").and_then(Value::as_u64) {
+        writeln!(s, "file type: {} ({ft})", file_type_name(ft))?;
+    }
+
+    writeln!(s, "metadata:")?;
+    for (k, v) in file.metadata() {
+        writeln!(s, "  {k} = {v}")?;
+    }
+
+    writeln!(s, "tensors:")?;
+    let name_w = file
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4);
+    writeln!(
+        s,
+        "  {:name_w$}  {:7}  {:>18}  {:>12}",
+        "name", "type", "shape", "bytes"
+    )?;
+    let mut by_type: BTreeMap<&str, (usize, u64)> = BTreeMap::new();
+    let mut total = 0u64;
+    for t in file.tensors() {
+        writeln!(
+            s,
+            "  {:name_w$}  {:7}  {:>18}  {:>12}",
+            t.name,
+            t.ty.name(),
+            t.shape_string(),
+            t.n_bytes
+        )?;
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+        total += t.n_bytes;
+    }
+    let types: Vec<String> = by_type
+        .iter()
+        .map(|(ty, (n, b))| format!("{ty} ×{n} ({:.2} MiB)", mib(*b)))
+        .collect();
+    writeln!(
+        s,
+        "total: {} tensors, {total} bytes ({:.2} MiB): {}",
+        file.tensors().len(),
+        mib(total),
+        types.join(", ")
+    )?;
+    print_flush(&s)?;
+
+    let loaded = LoadedModel::from_file(file, start)?;
+    let c = loaded.model.config();
+    let t = &loaded.tokenizer;
+    let name = |id: Option<u32>| match id {
+        Some(id) => format!("{id} {:?}", t.decode(&[id])),
+        None => "none".into(),
+    };
+    let mut s = String::new();
+    writeln!(
+        s,
+        "hyperparameters: n_vocab={} n_ctx={} n_embd={} n_ff={} n_head={} n_layer={} eps={:e}",
+        c.n_vocab, c.n_ctx, c.n_embd, c.n_ff, c.n_head, c.n_layer, c.eps
+    )?;
+    writeln!(
+        s,
+        "output head: {}",
+        if loaded.model.weights().tied_output {
+            "tied to token_embd.weight"
+        } else {
+            "output.weight"
+        }
+    )?;
+    writeln!(
+        s,
+        "tokenizer: gpt2 byte-level BPE (pre '{}'), {} tokens, {} merges, bos={}, eos={}",
+        t.pre(),
+        t.vocab_size(),
+        t.n_merges(),
+        name(t.bos()),
+        name(t.eos())
+    )?;
+    write!(
+        s,
+        "model check: ok (loaded in {:.1} ms",
+        loaded.load_time.as_secs_f64() * 1e3
+    )?;
+    if let Some(r) = Resident::now() {
+        write!(s, "; {r}")?;
+    }
+    writeln!(s, ")")?;
+    print_flush(&s)
+}

@@ -1,0 +1,32 @@
+//! Subcommands of the `qgpt` binary. Each returns a one-line error; main prints it and exits 2.
+
+pub mod generate;
+pub mod inspect;
+pub mod tokenize;
+
+use std::io::Write;
+
+/// A failed command: the message is printed as `error: ...`.
+pub type CliError = Box<dyn std::error::Error>;
+
+/// Writes `s` to stdout and flushes; a closed pipe (`qgpt ... | head`) is not an error.
+pub fn print_flush(s: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// Sizes the rayon pool: `threads`, or every CPU the process may use (cgroup-aware).
+pub fn init_threads(threads: Option<usize>) -> Result<usize, CliError> {
+    let n = match threads {
+        Some(0) => return Err("--threads must be at least 1".into()),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()?;
+    Ok(n)
+}

@@ -1,0 +1,10 @@
+//! qgpt: GPT-family text generation from GGUF files.
+
+pub mod generate;
+pub mod gguf;
+pub mod memory;
+pub mod model;
+pub mod ops;
+pub mod quant;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,0 +1,15 @@
+//! GPT-2: hyperparameters, typed weights, KV cache and the forward pass.
+
+mod config;
+mod error;
+mod gpt2;
+mod kv_cache;
+mod loaded;
+mod weights;
+
+pub use config::Gpt2Config;
+pub use error::ModelError;
+pub use gpt2::{ForwardError, Gpt2, Logits, Scratch};
+pub use kv_cache::KvCache;
+pub use loaded::LoadedModel;
+pub use weights::{Block, Gpt2Weights, Linear, Matrix, Norm};

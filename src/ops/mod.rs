@@ -1,0 +1,83 @@
+//! The operations of the forward pass, on f32 activations. Plain scalar reference code: the SIMD
+//! kernels that replace the hot ones are checked against these.
+
+mod attention;
+mod matmul;
+mod norm;
+
+pub use attention::causal_attention;
+pub use matmul::{dot, linear};
+pub use norm::layer_norm;
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`), in place.
+pub fn gelu(x: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for v in x {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + (SQRT_2_OVER_PI * (u + 0.044_715 * u * u * u)).tanh());
+    }
+}
+
+/// `x += y`, element-wise.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Softmax in place, shifted by the maximum so large logits cannot overflow.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `log(softmax(x))[i]` for every i, written to `out`.
+pub fn log_softmax(x: &[f32], out: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = v - lse;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_normalised() {
+        let mut x = [1000.0, 1001.0, 999.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+
+    #[test]
+    fn gelu_matches_known_values() {
+        let mut x = [0.0f32, 1.0, -1.0, 3.0];
+        gelu(&mut x);
+        // Values of 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) computed in f64.
+        let want = [0.0f32, 0.841_192, -0.158_808, 2.996_363];
+        for (a, b) in x.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn log_softmax_sums_to_one() {
+        let x = [0.5f32, -2.0, 3.0, 0.0];
+        let mut out = [0.0; 4];
+        log_softmax(&x, &mut out);
+        let total: f32 = out.iter().map(|v| v.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,205 @@
+//! The `qgpt` binary: inspect, tokenize and generate on llama.cpp-made fixtures.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{fixture, reference};
+use serde_json::Value;
+
+fn qgpt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_stdout(args: &[&str]) -> String {
+    let out = qgpt(args);
+    assert!(
+        out.status.success(),
+        "qgpt {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn to_refs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
+fn path(stem: &str) -> String {
+    fixture(&format!("models/{stem}.gguf"))
+        .display()
+        .to_string()
+}
+
+#[test]
+fn inspect_shows_hyperparameters_tokenizer_and_tensors() {
+    let s = ok_stdout(&["inspect", &path("small-q4_0")]);
+    assert!(s.contains("architecture: gpt2"), "{s}");
+    assert!(s.contains("file type: MOSTLY_Q4_0 (2)"), "{s}");
+    assert!(
+        s.contains("n_vocab=512 n_ctx=128 n_embd=256 n_ff=1024 n_head=4 n_layer=2"),
+        "{s}"
+    );
+    assert!(s.contains("output head: tied to token_embd.weight"), "{s}");
+    let row = s
+        .lines()
+        .find(|l| l.trim_start().starts_with("token_embd.weight"))
+        .unwrap();
+    // 512 rows of 256 values in Q6_K: 512 · 210 bytes.
+    assert!(
+        row.contains("Q6_K") && row.contains("[256, 512]") && row.contains("107520"),
+        "{row}"
+    );
+    assert!(s.contains("Q4_0 ×8"), "{s}");
+    assert!(s.contains("model check: ok"), "{s}");
+}
+
+#[test]
+fn tokenize_prints_hugging_face_ids() {
+    let r = reference("gpt2vocab-q8_0");
+    for c in &r.cases {
+        let s = ok_stdout(&["tokenize", "-m", &path("gpt2vocab-q8_0"), &c.prompt]);
+        let ids: Vec<u32> = serde_json::from_str(s.trim()).unwrap();
+        assert_eq!(ids, c.prompt_ids, "{:?}", c.prompt);
+        assert_eq!(s.lines().count(), 1);
+    }
+}
+
+#[test]
+fn tokenize_reads_a_file() {
+    let file = std::env::temp_dir().join(format!("qgpt-tokenize-{}.txt", std::process::id()));
+    std::fs::write(&file, "Hello world").unwrap();
+    let s = ok_stdout(&[
+        "tokenize",
+        "-m",
+        &path("gpt2vocab-q8_0"),
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&file).ok();
+    assert_eq!(s.trim(), "[15496,995]");
+}
+
+#[test]
+fn generate_json_is_greedy_and_complete() {
+    let r = reference("small-q8_0");
+    let c = &r.cases[0];
+    let n = 8;
+    let s = ok_stdout(&[
+        "generate",
+        "-m",
+        &path("small-q8_0"),
+        "-p",
+        &c.prompt,
+        "-n",
+        &n.to_string(),
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
+        "-t",
+        "2",
+    ]);
+    let v: Value = serde_json::from_str(s.trim()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
+    let prompt_ids: Vec<u32> = serde_json::from_value(v["prompt_ids"].clone()).unwrap();
+    assert_eq!(prompt_ids, c.prompt_ids);
+    let firm = c
+        .dequantized
+        .margins
+        .iter()
+        .take(n)
+        .take_while(|&&m| m > 2e-3)
+        .count();
+    assert_eq!(&ids[..firm], &c.dequantized.ids[..firm]);
+    assert_eq!(v["prompt_tokens"], c.prompt_ids.len());
+    assert_eq!(v["generated_tokens"], n);
+    assert!(v["text"].is_string());
+    assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["finish_reason"], "length");
+}
+
+#[test]
+fn generate_streams_the_text_of_its_ids() {
+    let args = |json: bool| {
+        let mut a = vec![
+            "generate".to_string(),
+            "-m".into(),
+            path("gpt2vocab-q8_0"),
+            "--prompt-ids".into(),
+            "464 2068 7586".into(),
+            "-n".into(),
+            "12".into(),
+            "--seed".into(),
+            "42".into(),
+            "--ignore-eos".into(),
+        ];
+        if json {
+            a.push("--json".into());
+        }
+        a
+    };
+    let streamed = ok_stdout(&to_refs(&args(false)));
+    let v: Value = serde_json::from_str(ok_stdout(&to_refs(&args(true))).trim()).unwrap();
+    // Same seed, same sampling: the streamed text is the JSON text plus a final newline.
+    assert_eq!(streamed, format!("{}\n", v["text"].as_str().unwrap()));
+    assert_eq!(v["seed"], 42);
+}
+
+#[test]
+fn bad_arguments_exit_2_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &["generate", "-m", "/nonexistent.gguf", "-p", "x"],
+        &[
+            "generate",
+            "-m",
+            &path("small-q8_0"),
+            "-p",
+            "x",
+            "--temperature",
+            "-1",
+        ],
+        &[
+            "generate",
+            "-m",
+            &path("small-q8_0"),
+            "-p",
+            "x",
+            "--top-p",
+            "0",
+        ],
+        &[
+            "generate",
+            "-m",
+            &path("small-q8_0"),
+            "--prompt-ids",
+            "1 two 3",
+        ],
+        &[
+            "generate",
+            "-m",
+            &path("small-q8_0"),
+            "--prompt-ids",
+            "1 99999",
+        ],
+        &["generate", "-m", &path("small-q8_0"), "-p", ""],
+        &[
+            "tokenize",
+            "-m",
+            &path("small-q8_0"),
+            "--file",
+            "/nonexistent.txt",
+        ],
+    ];
+    for args in cases {
+        let out = qgpt(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+    }
+}

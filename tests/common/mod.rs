@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: fixture paths and reference files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Path of a file under tests/fixtures.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// A greedy run computed by transformers.
+#[derive(Debug, Deserialize)]
+pub struct Run {
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f64>,
+    /// top-1 minus top-2 log-probability at each step.
+    pub margins: Vec<f64>,
+}
+
+/// One prompt of a reference file.
+#[derive(Debug, Deserialize)]
+pub struct Case {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    /// The float32 model as made.
+    pub original: Run,
+    /// The same model with every weight replaced by what the GGUF file holds (gguf-py dequantize).
+    pub dequantized: Run,
+}
+
+/// tests/fixtures/reference/<stem>.json
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub gguf: String,
+    pub n_vocab: usize,
+    pub cases: Vec<Case>,
+    /// Largest |Δ log-prob| between the dequantized-weights model and the original, teacher-forced
+    /// on the original's greedy tokens: the error that quantizing the weights alone causes.
+    pub max_abs_logprob_diff_dequantized_vs_original: f64,
+}
+
+/// Loads tests/fixtures/reference/<stem>.json.
+pub fn reference(stem: &str) -> Reference {
+    let path = fixture(&format!("reference/{stem}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Reads a little-endian f32 file.
+pub fn read_f32(rel: &str) -> Vec<f32> {
+    std::fs::read(fixture(rel))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}

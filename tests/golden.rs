@@ -1,0 +1,154 @@
+//! The forward pass against Hugging Face transformers (float32) on llama.cpp-converted files.
+//!
+//! Two references per file (tests/fixtures/make_fixtures.py):
+//! - `dequantized`: transformers run on exactly the weights the file holds (gguf-py dequantize).
+//!   This isolates our forward pass: log-probs must agree within `FORWARD_TOL`.
+//! - `original`: the float32 model before conversion. Quantizing the weights alone moves the
+//!   log-probs by up to `max_abs_logprob_diff_dequantized_vs_original` (measured by the script
+//!   with transformers); our run may differ from the original by that much plus `FORWARD_TOL`.
+//!
+//! Greedy ids must match wherever the reference's top-1/top-2 margin exceeds twice the tolerance
+//! (a near-tie may legitimately flip); the log-prob of the reference's own token is checked at
+//! every step by teacher forcing.
+
+mod common;
+
+use common::{fixture, reference, Run};
+use qgpt::generate::{generate, GenerateOptions};
+use qgpt::model::{LoadedModel, Logits, Scratch};
+use qgpt::ops::log_softmax;
+use qgpt::sampling::{argmax, SamplingParams};
+
+/// Float32 arithmetic in a different order than PyTorch's; observed differences are ~1e-5.
+const FORWARD_TOL: f64 = 1e-3;
+
+/// Teacher-forces `run.ids` after `prompt` and compares step by step.
+fn check_run(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) {
+    let n_vocab = m.model.config().n_vocab;
+    let mut cache = m.model.new_cache(prompt.len() + run.ids.len());
+    let mut scratch = Scratch::new(m.model.config(), 16);
+    let mut logits = vec![0f32; n_vocab];
+    let mut lp = vec![0f32; n_vocab];
+    m.model
+        .forward(&mut cache, prompt, &mut scratch, Logits::Last, &mut logits)
+        .unwrap();
+    let mut worst = 0f64;
+    for (step, &want) in run.ids.iter().enumerate() {
+        log_softmax(&logits, &mut lp);
+        let diff = (lp[want as usize] as f64 - run.logprobs[step]).abs();
+        worst = worst.max(diff);
+        assert!(
+            diff <= tol,
+            "{label} step {step}: log p(token {want}) = {} vs reference {} (|Δ| {diff:.2e} > {tol:.2e})",
+            lp[want as usize],
+            run.logprobs[step]
+        );
+        if run.margins[step] > 2.0 * tol {
+            assert_eq!(
+                argmax(&logits),
+                want,
+                "{label} step {step}: greedy token differs (margin {})",
+                run.margins[step]
+            );
+        }
+        m.model
+            .forward(&mut cache, &[want], &mut scratch, Logits::Last, &mut logits)
+            .unwrap();
+    }
+    eprintln!("{label}: max |Δ log p| = {worst:.2e} (tolerance {tol:.2e})");
+}
+
+/// Free-running greedy generation matches the reference ids up to its first near-tie.
+fn check_greedy(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) {
+    let opts = GenerateOptions {
+        max_new_tokens: run.ids.len(),
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        ignore_eos: true,
+    };
+    let g = generate(&m.model, &m.tokenizer, prompt, &opts, |_| {}).unwrap();
+    let firm = run.margins.iter().take_while(|&&mg| mg > 2.0 * tol).count();
+    assert!(firm > 0 || run.margins[0] <= 2.0 * tol);
+    assert_eq!(
+        &g.ids[..firm],
+        &run.ids[..firm],
+        "{label}: greedy ids before the first near-tie (step {firm})"
+    );
+}
+
+fn check_file(stem: &str, quantized: bool) {
+    let r = reference(stem);
+    let m = LoadedModel::open(&fixture(&r.gguf)).unwrap();
+    assert_eq!(m.model.config().n_vocab, r.n_vocab);
+    let quant_tol = r.max_abs_logprob_diff_dequantized_vs_original + FORWARD_TOL;
+    for c in &r.cases {
+        assert_eq!(
+            m.tokenizer.encode(&c.prompt).unwrap(),
+            c.prompt_ids,
+            "{stem}: prompt ids of {:?}",
+            c.prompt
+        );
+        let label = format!("{stem} {:?}", c.prompt);
+        check_run(
+            &m,
+            &format!("{label} vs dequantized"),
+            &c.prompt_ids,
+            &c.dequantized,
+            FORWARD_TOL,
+        );
+        check_greedy(
+            &m,
+            &format!("{label} vs dequantized"),
+            &c.prompt_ids,
+            &c.dequantized,
+            FORWARD_TOL,
+        );
+        let tol = if quantized { quant_tol } else { FORWARD_TOL };
+        check_run(
+            &m,
+            &format!("{label} vs original"),
+            &c.prompt_ids,
+            &c.original,
+            tol,
+        );
+        check_greedy(
+            &m,
+            &format!("{label} vs original"),
+            &c.prompt_ids,
+            &c.original,
+            tol,
+        );
+    }
+}
+
+#[test]
+fn f32_matches_transformers() {
+    check_file("small-f32", false);
+}
+
+#[test]
+fn f16_matches_transformers() {
+    check_file("small-f16", true);
+}
+
+#[test]
+fn q8_0_matches_transformers() {
+    check_file("small-q8_0", true);
+}
+
+#[test]
+fn q4_0_with_q6_k_embedding_matches_transformers() {
+    check_file("small-q4_0", true);
+}
+
+#[test]
+fn q4_1_with_q6_k_embedding_matches_transformers() {
+    check_file("small-q4_1", true);
+}
+
+#[test]
+fn real_gpt2_vocabulary_model_matches_transformers() {
+    check_file("gpt2vocab-q8_0", true);
+}

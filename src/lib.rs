@@ -1,7 +1,9 @@
 //! qgpt: GPT-family text generation from GGUF files.
 
+pub mod bench;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod ops;

@@ -25,6 +25,8 @@ enum Command {
     Tokenize(cli::tokenize::Args),
     /// Generate text from a prompt, streaming it to stdout.
     Generate(cli::generate::Args),
+    /// Benchmark the compute kernels (`--kernels`).
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Generate(a) => cli::generate::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

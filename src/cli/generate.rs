@@ -77,6 +77,7 @@ fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
 /// Streams generated text to stdout; statistics go to stderr.
 pub fn run(args: Args) -> Result<(), CliError> {
     init_threads(args.threads)?;
+    let isa = qgpt::kernels::init()?.isa;
     let m = LoadedModel::open(&args.model)?;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
@@ -132,7 +133,10 @@ pub fn run(args: Args) -> Result<(), CliError> {
         g.finish_reason.as_str(),
     );
     if let Some(r) = Resident::now() {
-        eprintln!("load: {:.1} ms | {r}", m.load_time.as_secs_f64() * 1e3);
+        eprintln!(
+            "load: {:.1} ms | isa: {isa} | {r}",
+            m.load_time.as_secs_f64() * 1e3
+        );
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! Subcommands of the `qgpt` binary. Each returns a one-line error; main prints it and exits 2.
 
+pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod tokenize;

@@ -368,7 +368,7 @@ fn validate_tensor(
         .checked_mul(n_rows)
         .filter(|&n| n <= usize::MAX as u64)
         .ok_or_else(|| bad(format!("shape {} overflows", format_shape(&t.dims))))?;
-    if t.offset % alignment != 0 {
+    if !t.offset.is_multiple_of(alignment) {
         return Err(bad(format!(
             "data offset {} is not a multiple of the alignment {alignment}",
             t.offset

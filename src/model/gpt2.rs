@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{Gpt2Config, Gpt2Weights, KvCache, ModelError};
 use crate::gguf::GgufFile;
+use crate::kernels::{self, Kernels};
 use crate::ops;
 
 /// Why a forward step was refused. Nothing is computed when it is returned.
@@ -36,6 +37,8 @@ pub struct Gpt2 {
     file: Arc<GgufFile>,
     config: Gpt2Config,
     weights: Gpt2Weights,
+    kernels: Kernels,
+    exact: bool,
 }
 
 /// Activation buffers for steps of up to `max_tokens` new tokens, allocated once.
@@ -47,7 +50,7 @@ pub struct Scratch {
     att: Vec<f32>,
     proj: Vec<f32>,
     ff: Vec<f32>,
-    tmp: Vec<f32>,
+    mm: ops::MatmulScratch,
 }
 
 impl Scratch {
@@ -62,7 +65,7 @@ impl Scratch {
             att: vec![0.0; t * c],
             proj: vec![0.0; t * c],
             ff: vec![0.0; t * f],
-            tmp: vec![0.0; t * f.max(3 * c)],
+            mm: ops::MatmulScratch::default(),
         }
     }
 
@@ -81,7 +84,25 @@ impl Gpt2 {
             file,
             config,
             weights,
+            kernels: *kernels::get(),
+            exact: false,
         })
+    }
+
+    /// Uses `kernels` instead of the process-wide choice (tests compare ISAs this way).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.kernels = kernels;
+    }
+
+    /// Multiplies quantized weights in f32 (dequantized rows) instead of quantizing activations:
+    /// slower, free of activation-quantization error. For checking against float references.
+    pub fn set_exact_matmul(&mut self, exact: bool) {
+        self.exact = exact;
+    }
+
+    /// The kernels this model computes with.
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
     }
 
     /// Hyperparameters.
@@ -169,7 +190,13 @@ impl Gpt2 {
     ) {
         let cfg = &self.config;
         let w = &self.weights;
+        let k = &self.kernels;
         let file = self.file.bytes();
+        let mm = ops::MatmulCtx {
+            kernels: k,
+            exact: self.exact,
+            file,
+        };
         let (t, c, f) = (tokens.len(), cfg.n_embd, cfg.n_ff);
         let pos0 = cache.len();
         let x = &mut s.x[..t * c];
@@ -191,7 +218,7 @@ impl Gpt2 {
             // h = LN(x)                                                (T, C)
             ops::layer_norm(x, &b.attn_norm.w, &b.attn_norm.b, cfg.eps, h);
             // qkv = h · Wqkv + b                                       (T, 3C)
-            ops::linear(file, &b.attn_qkv.w, Some(&b.attn_qkv.b), h, qkv, &mut s.tmp);
+            ops::linear(&mm, &b.attn_qkv.w, Some(&b.attn_qkv.b), h, qkv, &mut s.mm);
             // append k, v to the cache                                 (pos0..pos0+T, C)
             let (kc, vc) = cache.layer_mut(l);
             for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
@@ -200,31 +227,24 @@ impl Gpt2 {
                 vc[p * c..(p + 1) * c].copy_from_slice(&row[2 * c..]);
             }
             // att = softmax(q·Kᵀ/√d, causal) · V per head              (T, C)
-            ops::causal_attention(qkv, 3 * c, kc, vc, pos0, cfg.n_head, cfg.head_dim(), att);
+            ops::causal_attention(k, qkv, 3 * c, kc, vc, pos0, cfg.n_head, cfg.head_dim(), att);
             // x += att · Wo + b                                        (T, C)
             ops::linear(
-                file,
+                &mm,
                 &b.attn_output.w,
                 Some(&b.attn_output.b),
                 att,
                 proj,
-                &mut s.tmp,
+                &mut s.mm,
             );
             ops::add_assign(x, proj);
             // h = LN(x)                                                (T, C)
             ops::layer_norm(x, &b.ffn_norm.w, &b.ffn_norm.b, cfg.eps, h);
             // ff = gelu(h · Wup + b)                                   (T, F)
-            ops::linear(file, &b.ffn_up.w, Some(&b.ffn_up.b), h, ff, &mut s.tmp);
+            ops::linear(&mm, &b.ffn_up.w, Some(&b.ffn_up.b), h, ff, &mut s.mm);
             ops::gelu(ff);
             // x += ff · Wdown + b                                      (T, C)
-            ops::linear(
-                file,
-                &b.ffn_down.w,
-                Some(&b.ffn_down.b),
-                ff,
-                proj,
-                &mut s.tmp,
-            );
+            ops::linear(&mm, &b.ffn_down.w, Some(&b.ffn_down.b), ff, proj, &mut s.mm);
             ops::add_assign(x, proj);
         }
         cache.set_len(pos0 + t);
@@ -245,11 +265,6 @@ impl Gpt2 {
             &mut h[..n * c],
         );
         // logits = h · Wout                                            (n, V)
-        let mut tmp = std::mem::take(&mut s.tmp);
-        if tmp.len() < n * cfg.n_vocab {
-            tmp.resize(n * cfg.n_vocab, 0.0);
-        }
-        ops::linear(file, &w.output, None, &h[..n * c], logits, &mut tmp);
-        s.tmp = tmp;
+        ops::linear(&mm, &w.output, None, &h[..n * c], logits, &mut s.mm);
     }
 }

@@ -21,6 +21,20 @@ pub struct Matrix {
 }
 
 impl Matrix {
+    /// A matrix of `n_out` rows of `n_in` values of type `ty` at byte `offset` of the file.
+    /// Callers guarantee that the bytes exist (model loading checks this; tests build them).
+    pub(crate) fn at(name: &str, ty: GgmlType, n_in: usize, n_out: usize, offset: usize) -> Self {
+        let row_bytes = ty.row_bytes(n_in as u64).expect("whole blocks") as usize;
+        Self {
+            name: name.into(),
+            ty,
+            n_in,
+            n_out,
+            offset,
+            row_bytes,
+        }
+    }
+
     /// The bytes of the whole matrix within `file`.
     pub fn bytes<'a>(&self, file: &'a [u8]) -> &'a [u8] {
         &file[self.offset..self.offset + self.row_bytes * self.n_out]

@@ -4,7 +4,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::{dot, softmax};
+use super::softmax;
+use crate::kernels::Kernels;
 
 thread_local! {
     /// Attention scores of one (token, head) pair, reused across calls.
@@ -19,6 +20,7 @@ thread_local! {
 /// and attends to positions `0..=pos0 + i`.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
+    k: &Kernels,
     q: &[f32],
     q_stride: usize,
     k_cache: &[f32],
@@ -41,7 +43,8 @@ pub fn causal_attention(
                 let mut s = s.borrow_mut();
                 s.resize(n_ctx, 0.0);
                 for (p, sc) in s.iter_mut().enumerate() {
-                    *sc = dot(qh, &k_cache[p * n_embd + h * head_dim..][..head_dim]) * scale;
+                    *sc =
+                        (k.dot_f32)(qh, &k_cache[p * n_embd + h * head_dim..][..head_dim]) * scale;
                 }
                 softmax(&mut s);
                 o.fill(0.0);
@@ -66,7 +69,7 @@ mod tests {
         let k = [0.5, 0.5, 0.5, 0.5];
         let v = [7.0, 8.0, 9.0, 10.0];
         let mut out = [0.0; 4];
-        causal_attention(&q, 4, &k, &v, 0, 2, 2, &mut out);
+        causal_attention(&Kernels::scalar(), &q, 4, &k, &v, 0, 2, 2, &mut out);
         assert_eq!(out, v);
     }
 
@@ -77,7 +80,7 @@ mod tests {
         let k = [1.0, 1.0, 1.0];
         let v = [3.0, 5.0, 100.0];
         let mut out = [0.0; 2];
-        causal_attention(&q, 1, &k, &v, 0, 1, 1, &mut out);
+        causal_attention(&Kernels::scalar(), &q, 1, &k, &v, 0, 1, 1, &mut out);
         assert_eq!(out[0], 3.0);
         assert!(
             (out[1] - 4.0).abs() < 1e-6,

@@ -1,20 +1,56 @@
-//! Reference matrix multiplication against a weight matrix in its block format.
+//! Matrix multiplication against a weight matrix in its block format.
+//!
+//! Activations are quantized once per call to the weight type's partner format (Q8 blocks for
+//! Q8_0/Q4_0/Q4_1, Q8_K for Q6_K; F16/F32 weights use f32 activations). Output rows are then
+//! split across the rayon pool in small chunks, so idle threads steal work from slow ones. Each
+//! weight row is used for every activation row while it is in L1.
 
 use std::cell::RefCell;
 
+use bytemuck::Pod;
 use rayon::prelude::*;
 
+use crate::kernels::{DotFn, Kernels};
 use crate::model::Matrix;
+use crate::quant::{blocks, BlockQ8Act, BlockQ8K, GgmlType};
 
-/// Output rows handed to a rayon task at a time.
-const ROWS_PER_TASK: usize = 16;
+/// Fewest output rows handed to a rayon task at a time.
+const MIN_ROWS_PER_TASK: usize = 16;
+/// Tasks per thread: enough that a slow core's share is taken over by the others, few enough that
+/// scheduling costs stay small next to the work.
+const TASKS_PER_THREAD: usize = 8;
+
+/// Output rows per rayon task for a matrix of `n_out` rows.
+fn rows_per_task(n_out: usize) -> usize {
+    (n_out / (rayon::current_num_threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK)
+}
 
 thread_local! {
-    /// One dequantized weight row per worker thread, reused across calls.
+    /// One dequantized weight row per worker thread, for the exact path.
     static ROW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Dot product with eight independent accumulators (lets the compiler vectorise it).
+/// What a matmul needs besides its operands.
+#[derive(Clone, Copy)]
+pub struct MatmulCtx<'a> {
+    /// The kernels to compute with.
+    pub kernels: &'a Kernels,
+    /// Dequantize weight rows to f32 and multiply in f32 instead of quantizing the activations:
+    /// slower, but free of activation-quantization error (golden tests use it).
+    pub exact: bool,
+    /// The bytes of the model file.
+    pub file: &'a [u8],
+}
+
+/// Buffers reused across calls: quantized activations and the transposed result.
+#[derive(Debug, Default)]
+pub struct MatmulScratch {
+    q8: Vec<BlockQ8Act>,
+    q8k: Vec<BlockQ8K>,
+    tmp: Vec<f32>,
+}
+
+/// Dot product of 8 lanes, for f32 · f32 code outside the kernel table (tests, tails).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -32,51 +68,200 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// `out[t] = W · x[t] + bias` for each of the `t` rows of `x` (`x`: t × n_in, `out`: t × n_out).
+/// `out[j] = W · x[j] + bias` for each of the t rows of `x` (`x`: t × n_in, `out`: t × n_out).
 ///
-/// Each weight row is dequantized once and used for every activation row. `tmp` (≥ t × n_out)
-/// holds the result transposed while threads fill disjoint weight rows; unused when t = 1.
+/// Panics if `x` or `out` do not match the matrix (an internal invariant: the model sizes its
+/// buffers from the validated hyperparameters).
 pub fn linear(
-    file: &[u8],
+    ctx: &MatmulCtx<'_>,
     w: &Matrix,
     bias: Option<&[f32]>,
     x: &[f32],
     out: &mut [f32],
-    tmp: &mut [f32],
+    s: &mut MatmulScratch,
 ) {
     let (n_in, n_out) = (w.n_in, w.n_out);
     let t = x.len() / n_in;
-    assert_eq!(x.len(), t * n_in, "activation width");
-    assert_eq!(out.len(), t * n_out, "output size");
+    assert_eq!(x.len(), t * n_in, "{}: activation width", w.name);
+    assert_eq!(out.len(), t * n_out, "{}: output size", w.name);
+    if t > 1 && s.tmp.len() < t * n_out {
+        s.tmp.resize(t * n_out, 0.0);
+    }
+    let (k, file) = (ctx.kernels, ctx.file);
     let dst = if t == 1 {
         &mut *out
     } else {
-        &mut tmp[..t * n_out]
+        &mut s.tmp[..t * n_out]
     };
-    dst.par_chunks_mut(t * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            ROW.with(|row| {
-                let mut row = row.borrow_mut();
-                row.resize(n_in, 0.0);
-                for (i, o) in chunk.chunks_exact_mut(t).enumerate() {
-                    w.dequantize_row(file, c * ROWS_PER_TASK + i, &mut row);
-                    for (j, v) in o.iter_mut().enumerate() {
-                        *v = dot(&row, &x[j * n_in..(j + 1) * n_in]);
-                    }
-                }
-            })
-        });
+    match w.ty {
+        _ if ctx.exact => exact_rows(k, file, w, x, dst),
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let nb = n_in / 32;
+            s.q8.resize(t * nb, BlockQ8Act::default());
+            (k.quantize_q8)(x, &mut s.q8);
+            match w.ty {
+                GgmlType::Q8_0 => rows(file, w, &s.q8, nb, k.dot_q8_0, dst),
+                GgmlType::Q4_0 => rows(file, w, &s.q8, nb, k.dot_q4_0, dst),
+                _ => rows(file, w, &s.q8, nb, k.dot_q4_1, dst),
+            }
+        }
+        GgmlType::Q6_K => {
+            let nb = n_in / 256;
+            s.q8k.resize(t * nb, BlockQ8K::default());
+            (k.quantize_q8k)(x, &mut s.q8k);
+            rows(file, w, &s.q8k, nb, k.dot_q6_k, dst);
+        }
+        GgmlType::F16 => rows(file, w, x, n_in, k.dot_f16, dst),
+        GgmlType::F32 => rows(file, w, x, n_in, k.dot_f32_bytes, dst),
+        other => unreachable!("{}: type {other} rejected at load", w.name),
+    }
     if t > 1 {
         for (j, orow) in out.chunks_exact_mut(n_out).enumerate() {
             for (r, o) in orow.iter_mut().enumerate() {
-                *o = tmp[r * t + j];
+                *o = s.tmp[r * t + j];
             }
         }
     }
     if let Some(b) = bias {
         for orow in out.chunks_exact_mut(n_out) {
             super::add_assign(orow, b);
+        }
+    }
+}
+
+/// Like [`rows`], dequantizing each weight row to f32 first.
+fn exact_rows(k: &Kernels, file: &[u8], w: &Matrix, x: &[f32], dst: &mut [f32]) {
+    let t = x.len() / w.n_in;
+    let per_task = rows_per_task(w.n_out);
+    dst.par_chunks_mut(t * per_task)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            ROW.with(|row| {
+                let mut row = row.borrow_mut();
+                row.resize(w.n_in, 0.0);
+                for (i, o) in chunk.chunks_exact_mut(t).enumerate() {
+                    w.dequantize_row(file, c * per_task + i, &mut row);
+                    for (v, xr) in o.iter_mut().zip(x.chunks_exact(w.n_in)) {
+                        *v = (k.dot_f32)(&row, xr);
+                    }
+                }
+            })
+        });
+}
+
+/// Fills `dst` (n_out × t, row-major by weight row) with `dot(W[r], act[j])`.
+fn rows<W: Pod, A: Sync>(
+    file: &[u8],
+    w: &Matrix,
+    act: &[A],
+    per_row: usize,
+    dot: DotFn<W, A>,
+    dst: &mut [f32],
+) {
+    let t = act.len() / per_row;
+    let per_task = rows_per_task(w.n_out);
+    dst.par_chunks_mut(t * per_task)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for (i, o) in chunk.chunks_exact_mut(t).enumerate() {
+                let wr: &[W] = blocks(w.row(file, c * per_task + i))
+                    .expect("row length is a whole number of blocks (checked at load)");
+                for (v, a) in o.iter_mut().zip(act.chunks_exact(per_row)) {
+                    *v = dot(wr, a);
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Isa;
+    use crate::sampling::Rng;
+
+    /// Random weight bytes with sane f16 scales wherever the format has them.
+    fn random_matrix(rng: &mut Rng, ty: GgmlType, n_in: usize, n_out: usize) -> (Vec<u8>, Matrix) {
+        let row = ty.row_bytes(n_in as u64).unwrap() as usize;
+        let mut bytes: Vec<u8> = (0..row * n_out).map(|_| rng.next_u64() as u8).collect();
+        let scale = |rng: &mut Rng| half::f16::from_f32((rng.next_f32() - 0.5) * 0.1).to_le_bytes();
+        let bs = ty.type_size();
+        for b in bytes.chunks_exact_mut(bs) {
+            match ty {
+                GgmlType::Q8_0 | GgmlType::Q4_0 => b[..2].copy_from_slice(&scale(rng)),
+                GgmlType::Q4_1 => {
+                    b[..2].copy_from_slice(&scale(rng));
+                    b[2..4].copy_from_slice(&scale(rng));
+                }
+                GgmlType::Q6_K => b[208..].copy_from_slice(&scale(rng)),
+                GgmlType::F16 => b.copy_from_slice(&scale(rng)),
+                GgmlType::F32 => b.copy_from_slice(&(rng.next_f32() - 0.5).to_le_bytes()),
+                _ => unreachable!(),
+            }
+        }
+        (bytes, Matrix::at("test", ty, n_in, n_out, 0))
+    }
+
+    fn run(k: &Kernels, exact: bool, file: &[u8], w: &Matrix, x: &[f32]) -> Vec<f32> {
+        let t = x.len() / w.n_in;
+        let mut out = vec![0.0; t * w.n_out];
+        let ctx = MatmulCtx {
+            kernels: k,
+            exact,
+            file,
+        };
+        let bias: Vec<f32> = (0..w.n_out).map(|i| i as f32 * 0.01).collect();
+        linear(
+            &ctx,
+            w,
+            Some(&bias),
+            x,
+            &mut out,
+            &mut MatmulScratch::default(),
+        );
+        out
+    }
+
+    fn norm(v: impl Iterator<Item = f32>) -> f32 {
+        v.map(|x| x * x).sum::<f32>().sqrt()
+    }
+
+    /// Every ISA and the exact path agree on odd shapes: 37 rows (not a multiple of the task
+    /// size), batches of 1, 3 and 17 rows.
+    #[test]
+    fn isas_and_exact_path_agree() {
+        let mut rng = Rng::new(9);
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q6_K,
+            GgmlType::F16,
+            GgmlType::F32,
+        ] {
+            let (file, w) = random_matrix(&mut rng, ty, 512, 37);
+            for t in [1, 3, 17] {
+                let x: Vec<f32> = (0..t * 512).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+                let scalar = run(&Kernels::scalar(), false, &file, &w, &x);
+                let exact = run(&Kernels::scalar(), true, &file, &w, &x);
+                // 8-bit activations: the error is a small fraction of the result.
+                let err = norm(scalar.iter().zip(&exact).map(|(a, b)| a - b));
+                assert!(
+                    err <= 0.02 * norm(exact.iter().copied()),
+                    "{ty} t={t}: fast vs exact {err}"
+                );
+                for isa in Isa::ALL {
+                    let Some(k) = Kernels::for_isa(isa) else {
+                        continue;
+                    };
+                    let got = run(&k, false, &file, &w, &x);
+                    for (i, (g, s)) in got.iter().zip(&scalar).enumerate() {
+                        assert!(
+                            (g - s).abs() <= 1e-4 * (1.0 + s.abs()),
+                            "{isa} {ty} t={t} [{i}]: {g} vs {s}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ mod matmul;
 mod norm;
 
 pub use attention::causal_attention;
-pub use matmul::{dot, linear};
+pub use matmul::{dot, linear, MatmulCtx, MatmulScratch};
 pub use norm::layer_norm;
 
 /// GELU, tanh approximation (GPT-2's `gelu_new`), in place.

@@ -3,12 +3,14 @@
 //! Blocks are `repr(C)` with byte-array fields (alignment 1), so any byte slice of the right length
 //! is a valid slice of blocks; [`blocks`] is the one checked cast from bytes to blocks.
 
+mod act;
 mod q4_0;
 mod q4_1;
 mod q6_k;
 mod q8_0;
 mod types;
 
+pub use act::{act_quant, act_scale, BlockQ8Act, BlockQ8K};
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
 pub use q6_k::BlockQ6K;
@@ -71,7 +73,7 @@ pub fn blocks<B: Pod>(bytes: &[u8]) -> Option<&[B]> {
 
 fn check_len(ty: GgmlType, values: usize, bytes: usize) -> Result<(), QuantError> {
     let block = ty.block_size();
-    if values % block != 0 {
+    if !values.is_multiple_of(block) {
         return Err(QuantError::PartialBlock { ty, values, block });
     }
     let expected = values / block * ty.type_size();

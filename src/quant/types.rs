@@ -125,7 +125,8 @@ impl GgmlType {
     /// Bytes taken by a row of `n` values, or None when `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        (n % bs == 0).then(|| n / bs * self.type_size() as u64)
+        n.is_multiple_of(bs)
+            .then(|| n / bs * self.type_size() as u64)
     }
 }
 

@@ -1,0 +1,24 @@
+//! Benchmarks that `qgpt bench` runs: memory read bandwidth and the matmul kernels on GPT-2 124M's
+//! matrix shapes.
+
+mod bandwidth;
+mod kernels;
+
+pub use bandwidth::read_bandwidth;
+pub use kernels::{bench_matmul, KernelResult, SHAPES, TYPES};
+
+use std::time::{Duration, Instant};
+
+/// Median wall time of `reps` runs of `f` after one warm-up run.
+pub fn median_time(reps: usize, mut f: impl FnMut()) -> Duration {
+    f();
+    let mut times: Vec<Duration> = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}

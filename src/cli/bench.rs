@@ -1,0 +1,87 @@
+//! `qgpt bench --kernels`.
+
+use std::fmt::Write as _;
+
+use super::{init_threads, print_flush, CliError};
+use qgpt::bench::{bench_matmul, read_bandwidth, SHAPES, TYPES};
+use qgpt::kernels;
+
+/// Arguments of `qgpt bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Benchmark the matmul kernels on GPT-2 124M's shapes (the only mode so far; end-to-end
+    /// model benchmarks come with the batched forward pass).
+    #[arg(long, required = true)]
+    kernels: bool,
+    /// Worker threads (default: the CPUs this process may use).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(short, long, default_value_t = 5)]
+    reps: usize,
+    /// Last-level cache size in MiB: batch-1 runs cycle through twice this much weight data.
+    #[arg(long, default_value_t = 32)]
+    llc_mib: usize,
+    /// Skip the batch-512 runs (they take most of the time).
+    #[arg(long)]
+    no_512: bool,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the kernel benchmark and prints the table.
+pub fn run(args: Args) -> Result<(), CliError> {
+    let threads = init_threads(args.threads)?;
+    let k = kernels::init()?;
+    let llc = args.llc_mib << 20;
+    let bw = read_bandwidth((8 * llc).max(256 << 20), args.reps);
+    let mut s = String::new();
+    if args.json {
+        writeln!(
+            s,
+            "{}",
+            serde_json::json!({"test": "read_bandwidth", "threads": threads, "gb_s": bw})
+        )?;
+    } else {
+        writeln!(
+            s,
+            "isa: {}, threads: {threads}, read bandwidth: {bw:.1} GB/s (median of {})",
+            k.isa, args.reps
+        )?;
+        writeln!(s)?;
+        writeln!(s, "| type | shape (in × out) | MiB | batch 1 GB/s | % of read bw | batch 8 GOP/s | batch 512 GOP/s |")?;
+        writeln!(s, "|---|---|---:|---:|---:|---:|---:|")?;
+    }
+    print_flush(&s)?;
+    for ty in TYPES {
+        for shape in SHAPES {
+            let r = bench_matmul(k, ty, shape, llc, args.reps, !args.no_512);
+            let line = if args.json {
+                let mut v = serde_json::to_value(&r)?;
+                v["isa"] = k.isa.name().into();
+                v["threads"] = threads.into();
+                v["read_bw_gb_s"] = bw.into();
+                v.to_string()
+            } else {
+                format!(
+                    "| {} | {} × {} | {:.2} | {:.1} | {:.0} % | {:.1} | {} |",
+                    r.ty,
+                    r.n_in,
+                    r.n_out,
+                    r.bytes as f64 / (1 << 20) as f64,
+                    r.batch1_gb_s,
+                    100.0 * r.batch1_gb_s / bw,
+                    r.batch8_gop_s,
+                    if args.no_512 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1}", r.batch512_gop_s)
+                    }
+                )
+            };
+            print_flush(&format!("{line}\n"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! AVX2 + FMA + F16C kernels (x86-64). Same signatures as `scalar`.
+//!
+//! Integer dot products use `vpmaddubsw` (unsigned × signed bytes → i16 pairs) and `vpmaddwd`
+//! (→ i32), with one float FMA per block for the scales.
+
+use std::arch::x86_64::*;
+
+use super::{scalar, Isa, Kernels};
+use crate::quant::{act_scale, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
+
+/// True when the CPU has every feature these kernels are compiled for.
+pub(super) fn detected() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+/// The AVX2 table. Only [`super::Kernels::for_isa`] calls it, after [`detected`].
+pub(super) fn table() -> Kernels {
+    Kernels {
+        isa: Isa::Avx2,
+        quantize_q8,
+        quantize_q8k,
+        dot_q8_0,
+        dot_q4_0,
+        dot_q4_1,
+        dot_q6_k,
+        dot_f16,
+        dot_f32_bytes,
+        dot_f32,
+    }
+}
+
+macro_rules! safe_entry_points {
+    ($($name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
+        pub(super) fn $name($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: these entry points are reachable only through the table built by
+            // `table()`, which `Kernels::for_isa` calls after `detected()` confirmed AVX2, FMA
+            // and F16C; the implementations only read within the slices they are given.
+            unsafe { imp::$name($($arg),*) }
+        }
+    )*};
+}
+
+safe_entry_points! {
+    quantize_q8(x: &[f32], out: &mut [BlockQ8Act]);
+    quantize_q8k(x: &[f32], out: &mut [BlockQ8K]);
+    dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
+    dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
+    dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
+    dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32;
+    dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32;
+    dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32;
+    dot_f32(a: &[f32], b: &[f32]) -> f32;
+}
+
+/// Shared by the AVX-512 level, whose CPUs have AVX2 too.
+pub(super) mod imp {
+    use super::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn f16_to_f32(bits: [u8; 2]) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+            u16::from_le_bytes(bits) as i32
+        )))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn hsum_epi32(v: __m256i) -> i32 {
+        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+        _mm_cvtsi128_si32(s)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hmax_ps(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// Loads 32 bytes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn load32(b: &[i8; 32]) -> __m256i {
+        // SAFETY: `b` is exactly 32 readable bytes; the load is unaligned.
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    /// Unpacks 16 bytes of nibbles to 32 bytes 0..15: low nibbles first, then high nibbles.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn nibbles(qs: &[u8; 16]) -> __m256i {
+        // SAFETY: `qs` is exactly 16 readable bytes; the load is unaligned.
+        let q = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(q), q);
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    }
+
+    /// Quantizes 32 floats at `x` (8-wide loads) with inverse scale `id`; returns packed i8 and
+    /// the i32 lane sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn quantize32(x: &[f32], id: f32) -> (__m256i, __m256i) {
+        let idv = _mm256_set1_ps(id);
+        let mut i32s = [_mm256_setzero_si256(); 4];
+        for (k, v) in i32s.iter_mut().enumerate() {
+            // SAFETY: `x` has 32 values (callers pass chunks_exact(32) or a 256-chunk slice).
+            let xv = unsafe { _mm256_loadu_ps(x[8 * k..8 * k + 8].as_ptr()) };
+            // Rounds to nearest, ties to even (the default MXCSR mode), as `act_quant` does.
+            *v = _mm256_cvtps_epi32(_mm256_mul_ps(xv, idv));
+        }
+        let p01 = _mm256_packs_epi32(i32s[0], i32s[1]);
+        let p23 = _mm256_packs_epi32(i32s[2], i32s[3]);
+        let p = _mm256_packs_epi16(p01, p23);
+        let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        let sum = _mm256_add_epi32(
+            _mm256_add_epi32(i32s[0], i32s[1]),
+            _mm256_add_epi32(i32s[2], i32s[3]),
+        );
+        (_mm256_permutevar8x32_epi32(p, perm), sum)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn amax(x: &[f32]) -> f32 {
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_setzero_ps();
+        for c in x.chunks_exact(8) {
+            // SAFETY: `c` is exactly 8 readable floats.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+        }
+        hmax_ps(m)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn quantize_q8(x: &[f32], out: &mut [BlockQ8Act]) {
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+            let (d, id) = act_scale(amax(xs));
+            let (q, sum) = quantize32(xs, id);
+            // SAFETY: `b.qs` is exactly 32 writable bytes.
+            unsafe { _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), q) };
+            b.d = d;
+            b.isum = hsum_epi32(sum);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+        for (b, xs) in out.iter_mut().zip(x.chunks_exact(256)) {
+            let (d, id) = act_scale(amax(xs));
+            for (k, xc) in xs.chunks_exact(32).enumerate() {
+                let (q, _) = quantize32(xc, id);
+                // SAFETY: bytes 32k..32k+32 of the 256-byte `b.qs` are writable.
+                unsafe { _mm256_storeu_si256(b.qs[32 * k..].as_mut_ptr().cast(), q) };
+            }
+            for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *s = g.iter().map(|&q| q as i16).sum();
+            }
+            b.d = d;
+        }
+    }
+
+    /// Σ w·a over 32 signed bytes each, as 8 i32 lanes (sign trick: |w| · (a · sign w)).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn idot_i8(w: __m256i, a: __m256i) -> __m256i {
+        let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+        _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    }
+
+    /// Σ n·a for unsigned bytes n ≤ 63 and signed a, as 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn idot_u8(n: __m256i, a: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(n, a), _mm256_set1_epi16(1))
+    }
+
+    /// Runs `$block(w, a, acc) -> acc` over paired blocks with two accumulators, so that
+    /// consecutive blocks do not wait on each other's FMA; returns the summed accumulator.
+    macro_rules! two_lanes {
+        ($w:expr, $a:expr, $zero:expr, $add:ident, $block:ident) => {{
+            let n = $w.len().min($a.len());
+            let (w2, a2) = ($w[..n].chunks_exact(2), $a[..n].chunks_exact(2));
+            let (wr, ar) = (w2.remainder(), a2.remainder());
+            let (mut acc0, mut acc1) = ($zero, $zero);
+            for (w, a) in w2.zip(a2) {
+                acc0 = $block(&w[0], &a[0], acc0);
+                acc1 = $block(&w[1], &a[1], acc1);
+            }
+            if let (Some(w), Some(a)) = (wr.first(), ar.first()) {
+                acc0 = $block(w, a, acc0);
+            }
+            $add(acc0, acc1)
+        }};
+    }
+    pub(crate) use two_lanes;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
+        let p = idot_i8(load32(&w.qs), load32(&a.qs));
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_to_f32(w.d) * a.d),
+            _mm256_cvtepi32_ps(p),
+            acc,
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
+        hsum_ps(two_lanes!(
+            w,
+            a,
+            _mm256_setzero_ps(),
+            _mm256_add_ps,
+            block_q8_0
+        ))
+    }
+
+    /// Q4_0 nibbles minus 8: signed values −8..7, so no per-block offset term is needed.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn q4_0_values(qs: &[u8; 16]) -> __m256i {
+        _mm256_sub_epi8(nibbles(qs), _mm256_set1_epi8(8))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
+        let p = idot_i8(q4_0_values(&w.qs), load32(&a.qs));
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_to_f32(w.d) * a.d),
+            _mm256_cvtepi32_ps(p),
+            acc,
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
+        hsum_ps(two_lanes!(
+            w,
+            a,
+            _mm256_setzero_ps(),
+            _mm256_add_ps,
+            block_q4_0
+        ))
+    }
+
+    /// Lane 0 of the second accumulator half carries the m·da·Σq offsets.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, f32)) -> (__m256, f32) {
+        let p = idot_u8(nibbles(&w.qs), load32(&a.qs));
+        let d = _mm256_set1_ps(f16_to_f32(w.d) * a.d);
+        (
+            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc.0),
+            acc.1 + f16_to_f32(w.m) * a.d * a.isum as f32,
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add_pair(x: (__m256, f32), y: (__m256, f32)) -> (__m256, f32) {
+        (_mm256_add_ps(x.0, y.0), x.1 + y.1)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
+        let (v, offset) = two_lanes!(w, a, (_mm256_setzero_ps(), 0.0), add_pair, block_q4_1);
+        hsum_ps(v) + offset
+    }
+
+    /// The 32 six-bit quants (0..63, unsigned) of values 32k..32k+32 of a Q6_K block.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn q6_chunk(w: &BlockQ6K, k: usize) -> __m256i {
+        let (h, j0) = (k / 4, 32 * (k % 4));
+        let m4 = _mm256_set1_epi8(0x0F);
+        // SAFETY: 64h + j0 % 64 + 32 ≤ 128 = ql.len(); 32h + 32 ≤ 64 = qh.len().
+        let (ql, qh) = unsafe {
+            (
+                _mm256_loadu_si256(w.ql[64 * h + j0 % 64..].as_ptr().cast()),
+                _mm256_loadu_si256(w.qh[32 * h..].as_ptr().cast()),
+            )
+        };
+        let lo = if j0 < 64 {
+            _mm256_and_si256(ql, m4)
+        } else {
+            _mm256_and_si256(_mm256_srli_epi16::<4>(ql), m4)
+        };
+        let shift = _mm_cvtsi32_si128(2 * (k % 4) as i32);
+        let hi = _mm256_and_si256(_mm256_srl_epi16(qh, shift), _mm256_set1_epi8(3));
+        _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi))
+    }
+
+    /// Σ_g sc[g] · bsums[g]: the −32 offset of Q6_K, applied once per block.
+    #[inline]
+    pub(crate) fn q6_offset(w: &BlockQ6K, a: &BlockQ8K) -> i32 {
+        w.scales
+            .iter()
+            .zip(&a.bsums)
+            .map(|(&s, &b)| s as i32 * b as i32)
+            .sum()
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+        let mut sum = 0.0;
+        for (w, a) in w.iter().zip(a) {
+            let mut acc = _mm256_setzero_si256();
+            for k in 0..8 {
+                // SAFETY: bytes 32k..32k+32 of the 256-byte `a.qs` are readable.
+                let av = unsafe { _mm256_loadu_si256(a.qs[32 * k..].as_ptr().cast()) };
+                let p16 = _mm256_maddubs_epi16(q6_chunk(w, k), av);
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi16(w.scales[2 * k + 1] as i16),
+                    _mm_set1_epi16(w.scales[2 * k] as i16),
+                );
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, sc));
+            }
+            let isum = hsum_epi32(acc) - 32 * q6_offset(w, a);
+            sum += f16_to_f32(w.d) * a.d * isum as f32;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                // SAFETY: o + 8 ≤ n ≤ both lengths; F16 pairs are 2 bytes, loads unaligned.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm256_cvtph_ps(_mm_loadu_si128(w[o..].as_ptr().cast())),
+                        _mm256_loadu_ps(x[o..].as_ptr()),
+                    )
+                };
+                *a = _mm256_fmadd_ps(wv, xv, *a);
+            }
+            i += 32;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum_ps(s) + scalar::dot_f16(&w[i..n], &x[i..n])
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                // SAFETY: o + 8 ≤ n ≤ both lengths; the weight load is unaligned.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm256_loadu_ps(w[o..].as_ptr().cast()),
+                        _mm256_loadu_ps(x[o..].as_ptr()),
+                    )
+                };
+                *a = _mm256_fmadd_ps(wv, xv, *a);
+            }
+            i += 32;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum_ps(s) + scalar::dot_f32_bytes(&w[i..n], &x[i..n])
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (k, s) in acc.iter_mut().enumerate() {
+                let o = i + 8 * k;
+                // SAFETY: o + 8 ≤ n ≤ both lengths.
+                let (av, bv) = unsafe {
+                    (
+                        _mm256_loadu_ps(a[o..].as_ptr()),
+                        _mm256_loadu_ps(b[o..].as_ptr()),
+                    )
+                };
+                *s = _mm256_fmadd_ps(av, bv, *s);
+            }
+            i += 16;
+        }
+        hsum_ps(_mm256_add_ps(acc[0], acc[1])) + scalar::dot_f32(&a[i..n], &b[i..n])
+    }
+}

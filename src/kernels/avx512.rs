@@ -1,0 +1,227 @@
+//! AVX-512 (F/BW/VL) + VNNI kernels (x86-64). Same signatures as `scalar`.
+//!
+//! Integer dot products use `vpdpbusd` (unsigned × signed bytes summed straight into i32 lanes)
+//! on 256-bit vectors: the blocks are 32 values wide, and Zen 4 splits 512-bit integer ops in two
+//! anyway. Float dot products use 512-bit vectors. Activation quantization is AVX2's.
+
+use std::arch::x86_64::*;
+
+use super::avx2::imp::{
+    f16_to_f32, hsum_epi32, hsum_ps, load32, nibbles, q4_0_values, q6_chunk, q6_offset, two_lanes,
+};
+use super::{avx2, scalar, Isa, Kernels};
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
+
+/// True when the CPU has AVX2 (for the shared helpers) and AVX-512 F/BW/VL with VNNI.
+pub(super) fn detected() -> bool {
+    avx2::detected()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// The AVX-512 table. Only [`super::Kernels::for_isa`] calls it, after [`detected`].
+pub(super) fn table() -> Kernels {
+    Kernels {
+        isa: Isa::Avx512,
+        quantize_q8: avx2::quantize_q8,
+        quantize_q8k: avx2::quantize_q8k,
+        dot_q8_0,
+        dot_q4_0,
+        dot_q4_1,
+        dot_q6_k,
+        dot_f16,
+        dot_f32_bytes,
+        dot_f32,
+    }
+}
+
+macro_rules! safe_entry_points {
+    ($($name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            // SAFETY: reachable only through `table()`, which `Kernels::for_isa` calls after
+            // `detected()` confirmed AVX2, FMA, F16C, AVX-512 F/BW/VL and VNNI; the
+            // implementations only read within the slices they are given.
+            unsafe { imp::$name($($arg),*) }
+        }
+    )*};
+}
+
+safe_entry_points! {
+    dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
+    dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
+    dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
+    dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32;
+    dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32;
+    dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32;
+    dot_f32(a: &[f32], b: &[f32]) -> f32;
+}
+
+mod imp {
+    use super::*;
+
+    /// Σ x·y over 32 signed bytes as 8 i32 lanes: |x| · (y · sign x) through `vpdpbusd`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn idot_i8(x: __m256i, y: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(
+            _mm256_setzero_si256(),
+            _mm256_abs_epi8(x),
+            _mm256_sign_epi8(y, x),
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
+        let p = idot_i8(load32(&w.qs), load32(&a.qs));
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_to_f32(w.d) * a.d),
+            _mm256_cvtepi32_ps(p),
+            acc,
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
+        hsum_ps(two_lanes!(
+            w,
+            a,
+            _mm256_setzero_ps(),
+            _mm256_add_ps,
+            block_q8_0
+        ))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
+        let p = idot_i8(q4_0_values(&w.qs), load32(&a.qs));
+        _mm256_fmadd_ps(
+            _mm256_set1_ps(f16_to_f32(w.d) * a.d),
+            _mm256_cvtepi32_ps(p),
+            acc,
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
+        hsum_ps(two_lanes!(
+            w,
+            a,
+            _mm256_setzero_ps(),
+            _mm256_add_ps,
+            block_q4_0
+        ))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, f32)) -> (__m256, f32) {
+        let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(&w.qs), load32(&a.qs));
+        let d = _mm256_set1_ps(f16_to_f32(w.d) * a.d);
+        (
+            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc.0),
+            acc.1 + f16_to_f32(w.m) * a.d * a.isum as f32,
+        )
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add_pair(x: (__m256, f32), y: (__m256, f32)) -> (__m256, f32) {
+        (_mm256_add_ps(x.0, y.0), x.1 + y.1)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
+        let (v, offset) = two_lanes!(w, a, (_mm256_setzero_ps(), 0.0), add_pair, block_q4_1);
+        hsum_ps(v) + offset
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+        let mut sum = 0.0;
+        for (w, a) in w.iter().zip(a) {
+            let mut acc = _mm256_setzero_si256();
+            for k in 0..8 {
+                // SAFETY: bytes 32k..32k+32 of the 256-byte `a.qs` are readable.
+                let av = unsafe { _mm256_loadu_si256(a.qs[32 * k..].as_ptr().cast()) };
+                // Lanes 0..3 sum group 2k, lanes 4..7 group 2k + 1.
+                let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q6_chunk(w, k), av);
+                let sc = _mm256_set_m128i(
+                    _mm_set1_epi32(w.scales[2 * k + 1] as i32),
+                    _mm_set1_epi32(w.scales[2 * k] as i32),
+                );
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(p, sc));
+            }
+            let isum = hsum_epi32(acc) - 32 * q6_offset(w, a);
+            sum += f16_to_f32(w.d) * a.d * isum as f32;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * k;
+                // SAFETY: o + 16 ≤ n ≤ both lengths; loads are unaligned.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(w[o..].as_ptr().cast())),
+                        _mm512_loadu_ps(x[o..].as_ptr()),
+                    )
+                };
+                *a = _mm512_fmadd_ps(wv, xv, *a);
+            }
+            i += 32;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + scalar::dot_f16(&w[i..n], &x[i..n])
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32 {
+        let n = w.len().min(x.len());
+        let mut acc = [_mm512_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                let o = i + 16 * k;
+                // SAFETY: o + 16 ≤ n ≤ both lengths; loads are unaligned.
+                let (wv, xv) = unsafe {
+                    (
+                        _mm512_loadu_ps(w[o..].as_ptr().cast()),
+                        _mm512_loadu_ps(x[o..].as_ptr()),
+                    )
+                };
+                *a = _mm512_fmadd_ps(wv, xv, *a);
+            }
+            i += 32;
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+            + scalar::dot_f32_bytes(&w[i..n], &x[i..n])
+    }
+
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 ≤ n ≤ both lengths.
+            let (av, bv) = unsafe {
+                (
+                    _mm512_loadu_ps(a[i..].as_ptr()),
+                    _mm512_loadu_ps(b[i..].as_ptr()),
+                )
+            };
+            acc = _mm512_fmadd_ps(av, bv, acc);
+            i += 16;
+        }
+        _mm512_reduce_add_ps(acc) + scalar::dot_f32(&a[i..n], &b[i..n])
+    }
+}

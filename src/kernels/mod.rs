@@ -1,0 +1,202 @@
+//! Compute kernels behind a table of function pointers, chosen once at startup for the CPU.
+//!
+//! Every ISA file exports the same functions; `scalar` always compiles and is the reference twin.
+//! `QGPT_ISA=scalar|avx2|avx512|neon` forces a level. Kernels are safe functions over slices of
+//! blocks; callers pair weight and activation slices of equal length (they zip, so a mismatch can
+//! never read out of bounds).
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+pub mod scalar;
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
+
+/// An instruction-set level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2 + FMA + F16C.
+    Avx2,
+    /// x86-64 AVX-512 F/BW/VL + VNNI (on top of AVX2).
+    Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
+}
+
+impl Isa {
+    /// Every level, lowest first.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    /// The name used by `QGPT_ISA` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Parses a `QGPT_ISA` value.
+    pub fn parse(s: &str) -> Option<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == s.trim().to_ascii_lowercase())
+    }
+
+    /// True when this CPU can run the level.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::detected(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::detected(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::detected(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Dot product of a weight row in a block format with a quantized activation row.
+pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
+
+/// The kernels of one ISA level.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    /// The level these kernels use.
+    pub isa: Isa,
+    /// f32 → [`BlockQ8Act`] (32 values a block).
+    pub quantize_q8: fn(&[f32], &mut [BlockQ8Act]),
+    /// f32 → [`BlockQ8K`] (256 values a block).
+    pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
+    /// Q8_0 · Q8 activations.
+    pub dot_q8_0: DotFn<BlockQ8_0, BlockQ8Act>,
+    /// Q4_0 · Q8 activations.
+    pub dot_q4_0: DotFn<BlockQ4_0, BlockQ8Act>,
+    /// Q4_1 · Q8 activations.
+    pub dot_q4_1: DotFn<BlockQ4_1, BlockQ8Act>,
+    /// Q6_K · Q8_K activations.
+    pub dot_q6_k: DotFn<BlockQ6K, BlockQ8K>,
+    /// F16 weights · f32 activations.
+    pub dot_f16: DotFn<[u8; 2], f32>,
+    /// F32 weights (as bytes) · f32 activations.
+    pub dot_f32_bytes: DotFn<[u8; 4], f32>,
+    /// f32 · f32.
+    pub dot_f32: DotFn<f32, f32>,
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Kernels({})", self.isa)
+    }
+}
+
+/// `QGPT_ISA` named a level that is unknown or that this CPU lacks.
+#[derive(Debug, thiserror::Error)]
+pub enum IsaError {
+    #[error("QGPT_ISA={0:?} is not one of scalar, avx2, avx512, neon")]
+    Unknown(String),
+    #[error("QGPT_ISA={0}: this CPU does not support it")]
+    Unavailable(Isa),
+}
+
+impl Kernels {
+    /// The portable kernels.
+    pub fn scalar() -> Self {
+        Self {
+            isa: Isa::Scalar,
+            quantize_q8: scalar::quantize_q8,
+            quantize_q8k: scalar::quantize_q8k,
+            dot_q8_0: scalar::dot_q8_0,
+            dot_q4_0: scalar::dot_q4_0,
+            dot_q4_1: scalar::dot_q4_1,
+            dot_q6_k: scalar::dot_q6_k,
+            dot_f16: scalar::dot_f16,
+            dot_f32_bytes: scalar::dot_f32_bytes,
+            dot_f32: scalar::dot_f32,
+        }
+    }
+
+    /// The kernels of `isa`, or `None` if this CPU cannot run them.
+    pub fn for_isa(isa: Isa) -> Option<Self> {
+        if !isa.is_available() {
+            return None;
+        }
+        Some(match isa {
+            Isa::Scalar => Self::scalar(),
+            // SAFETY (all arms): each `table()` is reached only after `is_available` confirmed
+            // the CPU features its functions are compiled for.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::table(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::table(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::table(),
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        })
+    }
+
+    /// The best level this CPU supports.
+    pub fn best() -> Self {
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find_map(Self::for_isa)
+            .unwrap_or_else(Self::scalar)
+    }
+
+    /// The level `QGPT_ISA` asks for, or the best one when it is unset.
+    pub fn from_env() -> Result<Self, IsaError> {
+        match std::env::var("QGPT_ISA") {
+            Err(_) => Ok(Self::best()),
+            Ok(v) if v.trim().is_empty() => Ok(Self::best()),
+            Ok(v) => {
+                let isa = Isa::parse(&v).ok_or(IsaError::Unknown(v))?;
+                Self::for_isa(isa).ok_or(IsaError::Unavailable(isa))
+            }
+        }
+    }
+}
+
+static SELECTED: OnceLock<Kernels> = OnceLock::new();
+
+/// Chooses the process-wide kernels once (from `QGPT_ISA`, else the best level) and logs it.
+pub fn init() -> Result<&'static Kernels, IsaError> {
+    if let Some(k) = SELECTED.get() {
+        return Ok(k);
+    }
+    let k = Kernels::from_env()?;
+    let k = SELECTED.get_or_init(|| k);
+    tracing::info!(isa = %k.isa, "compute kernels selected");
+    Ok(k)
+}
+
+/// The process-wide kernels; an invalid `QGPT_ISA` falls back to the best level with a warning
+/// (binaries call [`init`] first and refuse to start instead).
+pub fn get() -> &'static Kernels {
+    match init() {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!("{e}; using the best available kernels");
+            SELECTED.get_or_init(Kernels::best)
+        }
+    }
+}

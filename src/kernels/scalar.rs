@@ -1,0 +1,119 @@
+//! Scalar kernels: the portable fallback and the reference twin of every SIMD kernel.
+
+use crate::quant::{
+    act_quant, act_scale, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0,
+};
+
+#[inline]
+fn f16(bits: [u8; 2]) -> f32 {
+    half::f16::from_le_bytes(bits).to_f32()
+}
+
+/// Quantizes 32·n activations into n blocks (round half to even).
+pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8Act]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = act_scale(amax);
+        let mut isum = 0;
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = act_quant(v, id);
+            isum += *q as i32;
+        }
+        b.d = d;
+        b.isum = isum;
+    }
+}
+
+/// Quantizes 256·n activations into n blocks with per-16 sums.
+pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    for (b, xs) in out.iter_mut().zip(x.chunks_exact(256)) {
+        let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (d, id) = act_scale(amax);
+        for (q, &v) in b.qs.iter_mut().zip(xs) {
+            *q = act_quant(v, id);
+        }
+        for (s, g) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+            *s = g.iter().map(|&q| q as i16).sum();
+        }
+        b.d = d;
+    }
+}
+
+fn idot32(w: &[i8; 32], a: &[i8; 32]) -> i32 {
+    w.iter().zip(a).map(|(&x, &y)| x as i32 * y as i32).sum()
+}
+
+/// Σ dequant(w) · dequant(a) for Q8_0 weights.
+pub fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
+    let mut sum = 0.0;
+    for (w, a) in w.iter().zip(a) {
+        sum += f16(w.d) * a.d * idot32(&w.qs, &a.qs) as f32;
+    }
+    sum
+}
+
+/// Unpacks the 32 nibbles of a Q4 block: byte j holds value j (low) and value j + 16 (high).
+fn nibbles(qs: &[u8; 16]) -> [i8; 32] {
+    let mut n = [0i8; 32];
+    for (j, &b) in qs.iter().enumerate() {
+        n[j] = (b & 0x0F) as i8;
+        n[j + 16] = (b >> 4) as i8;
+    }
+    n
+}
+
+/// Q4_0: value = (n − 8)·d, so Σ w·a = d·da·(Σ n·q − 8·Σ q).
+pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
+    let mut sum = 0.0;
+    for (w, a) in w.iter().zip(a) {
+        let i = idot32(&nibbles(&w.qs), &a.qs) - 8 * a.isum;
+        sum += f16(w.d) * a.d * i as f32;
+    }
+    sum
+}
+
+/// Q4_1: value = n·d + m, so Σ w·a = d·da·Σ n·q + m·da·Σ q.
+pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
+    let mut sum = 0.0;
+    for (w, a) in w.iter().zip(a) {
+        let i = idot32(&nibbles(&w.qs), &a.qs);
+        sum += f16(w.d) * a.d * i as f32 + f16(w.m) * a.d * a.isum as f32;
+    }
+    sum
+}
+
+/// Q6_K: value = d·sc[g]·(q − 32) per group g of 16.
+pub fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0.0;
+    for (w, a) in w.iter().zip(a) {
+        let mut isum = 0i32;
+        for g in 0..16 {
+            let mut gs = 0i32;
+            for k in 0..16 {
+                let i = 16 * g + k;
+                gs += (w.q(i) as i32 + 32) * a.qs[i] as i32;
+            }
+            isum += w.scales[g] as i32 * (gs - 32 * a.bsums[g] as i32);
+        }
+        sum += f16(w.d) * a.d * isum as f32;
+    }
+    sum
+}
+
+/// Σ w·x for F16 weights (little-endian bit pairs) and f32 activations.
+pub fn dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32 {
+    w.iter().zip(x).map(|(&b, &v)| f16(b) * v).sum()
+}
+
+/// Σ w·x for F32 weights (little-endian bytes) and f32 activations.
+pub fn dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32 {
+    w.iter()
+        .zip(x)
+        .map(|(&b, &v)| f32::from_le_bytes(b) * v)
+        .sum()
+}
+
+/// Σ a·b over f32 slices (attention scores).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

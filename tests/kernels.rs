@@ -1,0 +1,328 @@
+//! The kernel battery: every ISA's kernels against the scalar twin, on random data, one block, odd
+//! block counts, zero scales and extreme values. Levels the CPU lacks are skipped (and said so).
+//!
+//! Tolerances: activation quantization must produce identical blocks on every ISA (all round half
+//! to even). In the dot products the integer part of each block is exact on every ISA; only the
+//! order of the float accumulation (and FMA) differs, so results must agree with an f64 sum of
+//! the same per-block terms to within (blocks + 2) · 2⁻²³ of the sum of their magnitudes.
+
+use half::f16;
+use qgpt::kernels::{Isa, Kernels};
+use qgpt::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
+use qgpt::sampling::Rng;
+
+/// Values of the block-scale regimes the battery mixes: random, zero, tiny, large.
+fn scale(rng: &mut Rng, zero_every: u64) -> [u8; 2] {
+    let r = rng.next_u64();
+    let v = match r % zero_every.max(1) {
+        0 if zero_every > 0 => 0.0,
+        _ => (rng.next_f32() - 0.5) * 0.2,
+    };
+    f16::from_f32(v).to_le_bytes()
+}
+
+fn floats(rng: &mut Rng, n: usize, amp: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * amp).collect()
+}
+
+/// Activations: random, plus an all-zero block and a block of ±extremes when there is room.
+fn activations(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut x = floats(rng, n, 3.0);
+    if n >= 96 {
+        x[32..64].fill(0.0);
+        for (i, v) in x[64..96].iter_mut().enumerate() {
+            *v = if i % 2 == 0 { 1e4 } else { -1e4 };
+        }
+    }
+    x
+}
+
+fn q8_blocks(k: &Kernels, x: &[f32]) -> Vec<BlockQ8Act> {
+    let mut b = vec![BlockQ8Act::default(); x.len() / 32];
+    (k.quantize_q8)(x, &mut b);
+    b
+}
+
+fn q8k_blocks(k: &Kernels, x: &[f32]) -> Vec<BlockQ8K> {
+    let mut b = vec![BlockQ8K::default(); x.len() / 256];
+    (k.quantize_q8k)(x, &mut b);
+    b
+}
+
+fn f16v(b: [u8; 2]) -> f64 {
+    f16::from_le_bytes(b).to_f64()
+}
+
+fn check(label: &str, got: f32, terms: &[f64]) {
+    let want: f64 = terms.iter().sum();
+    let mag: f64 = terms.iter().map(|t| t.abs()).sum();
+    let tol = (terms.len() + 2) as f64 * f32::EPSILON as f64 * mag + 1e-30;
+    assert!(
+        (got as f64 - want).abs() <= tol,
+        "{label}: got {got}, want {want} (|Δ| {:e} > {tol:e})",
+        (got as f64 - want).abs()
+    );
+}
+
+fn nib(qs: &[u8; 16], i: usize) -> i64 {
+    (if i < 16 {
+        qs[i] & 0x0F
+    } else {
+        qs[i - 16] >> 4
+    }) as i64
+}
+
+fn idot(w: impl Fn(usize) -> i64, a: &[i8]) -> i64 {
+    a.iter().enumerate().map(|(i, &q)| w(i) * q as i64).sum()
+}
+
+/// Block counts: one block, odd counts, a realistic row.
+const BLOCKS: [usize; 5] = [1, 3, 7, 33, 96];
+
+/// Weight-quant pattern: random bytes, or the extremes 0x00 / 0xFF / 0x80 / 0x7F.
+fn wbytes(rng: &mut Rng, pattern: usize) -> u8 {
+    match pattern {
+        0 => rng.next_u64() as u8,
+        1 => 0x00,
+        2 => 0xFF,
+        3 => 0x80,
+        _ => 0x7F,
+    }
+}
+
+fn check_quantize(k: &Kernels) {
+    let s = Kernels::scalar();
+    let mut rng = Rng::new(11);
+    for nb in BLOCKS {
+        let x = activations(&mut rng, nb * 256);
+        assert_eq!(
+            q8_blocks(k, &x),
+            q8_blocks(&s, &x),
+            "{} quantize_q8, {nb}×8 blocks",
+            k.isa
+        );
+        assert_eq!(
+            q8k_blocks(k, &x),
+            q8k_blocks(&s, &x),
+            "{} quantize_q8k, {nb} blocks",
+            k.isa
+        );
+    }
+    // Exact halves: x · id lands on .5 for these values, where round-half-even matters.
+    let mut x: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 0.5).collect();
+    x[0] = 127.0;
+    assert_eq!(
+        q8_blocks(k, &x),
+        q8_blocks(&s, &x),
+        "{} quantize_q8 on halves",
+        k.isa
+    );
+}
+
+fn check_q8_0(k: &Kernels) {
+    let mut rng = Rng::new(1);
+    for nb in BLOCKS {
+        for pattern in 0..5 {
+            let w: Vec<BlockQ8_0> = (0..nb)
+                .map(|_| BlockQ8_0 {
+                    d: scale(&mut rng, 5),
+                    qs: std::array::from_fn(|_| wbytes(&mut rng, pattern) as i8),
+                })
+                .collect();
+            let a = q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32));
+            let terms: Vec<f64> = w
+                .iter()
+                .zip(&a)
+                .map(|(w, a)| f16v(w.d) * a.d as f64 * idot(|i| w.qs[i] as i64, &a.qs) as f64)
+                .collect();
+            let label = format!("{} dot_q8_0 nb={nb} pattern={pattern}", k.isa);
+            check(&label, (k.dot_q8_0)(&w, &a), &terms);
+        }
+    }
+}
+
+fn check_q4_0(k: &Kernels) {
+    let mut rng = Rng::new(2);
+    for nb in BLOCKS {
+        for pattern in 0..5 {
+            let w: Vec<BlockQ4_0> = (0..nb)
+                .map(|_| BlockQ4_0 {
+                    d: scale(&mut rng, 5),
+                    qs: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
+                })
+                .collect();
+            let a = q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32));
+            let terms: Vec<f64> = w
+                .iter()
+                .zip(&a)
+                .map(|(w, a)| f16v(w.d) * a.d as f64 * idot(|i| nib(&w.qs, i) - 8, &a.qs) as f64)
+                .collect();
+            let label = format!("{} dot_q4_0 nb={nb} pattern={pattern}", k.isa);
+            check(&label, (k.dot_q4_0)(&w, &a), &terms);
+        }
+    }
+}
+
+fn check_q4_1(k: &Kernels) {
+    let mut rng = Rng::new(3);
+    for nb in BLOCKS {
+        for pattern in 0..5 {
+            let w: Vec<BlockQ4_1> = (0..nb)
+                .map(|_| BlockQ4_1 {
+                    d: scale(&mut rng, 5),
+                    m: scale(&mut rng, 4),
+                    qs: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
+                })
+                .collect();
+            let a = q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32));
+            let mut terms = Vec::new();
+            for (w, a) in w.iter().zip(&a) {
+                terms.push(f16v(w.d) * a.d as f64 * idot(|i| nib(&w.qs, i), &a.qs) as f64);
+                terms.push(f16v(w.m) * a.d as f64 * a.isum as f64);
+            }
+            let label = format!("{} dot_q4_1 nb={nb} pattern={pattern}", k.isa);
+            check(&label, (k.dot_q4_1)(&w, &a), &terms);
+        }
+    }
+}
+
+fn check_q6_k(k: &Kernels) {
+    let mut rng = Rng::new(4);
+    for nb in [1, 3, 12] {
+        for pattern in 0..5 {
+            let w: Vec<BlockQ6K> = (0..nb)
+                .map(|_| BlockQ6K {
+                    ql: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
+                    qh: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
+                    scales: std::array::from_fn(|i| match pattern {
+                        0 => rng.next_u64() as i8,
+                        1 => 0,
+                        2 => 127,
+                        3 => -128,
+                        _ => {
+                            if i % 2 == 0 {
+                                127
+                            } else {
+                                -128
+                            }
+                        }
+                    }),
+                    d: scale(&mut rng, 5),
+                })
+                .collect();
+            let a = q8k_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 256));
+            let terms: Vec<f64> = w
+                .iter()
+                .zip(&a)
+                .map(|(w, a)| {
+                    let i: i64 = (0..256)
+                        .map(|i| w.scales[i / 16] as i64 * w.q(i) as i64 * a.qs[i] as i64)
+                        .sum();
+                    f16v(w.d) * a.d as f64 * i as f64
+                })
+                .collect();
+            let label = format!("{} dot_q6_k nb={nb} pattern={pattern}", k.isa);
+            check(&label, (k.dot_q6_k)(&w, &a), &terms);
+        }
+    }
+}
+
+fn check_float(k: &Kernels) {
+    let mut rng = Rng::new(5);
+    for n in [1, 7, 8, 31, 33, 100, 768, 1000] {
+        let x = floats(&mut rng, n, 2.0);
+        let wf = floats(&mut rng, n, 2.0);
+        let w16: Vec<[u8; 2]> = wf.iter().map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        let w32: Vec<[u8; 4]> = wf.iter().map(|v| v.to_le_bytes()).collect();
+        let t16: Vec<f64> = w16
+            .iter()
+            .zip(&x)
+            .map(|(&w, &v)| f16v(w) * v as f64)
+            .collect();
+        let t32: Vec<f64> = wf
+            .iter()
+            .zip(&x)
+            .map(|(&w, &v)| w as f64 * v as f64)
+            .collect();
+        check(
+            &format!("{} dot_f16 n={n}", k.isa),
+            (k.dot_f16)(&w16, &x),
+            &t16,
+        );
+        check(
+            &format!("{} dot_f32_bytes n={n}", k.isa),
+            (k.dot_f32_bytes)(&w32, &x),
+            &t32,
+        );
+        check(
+            &format!("{} dot_f32 n={n}", k.isa),
+            (k.dot_f32)(&wf, &x),
+            &t32,
+        );
+    }
+}
+
+macro_rules! battery {
+    ($($module:ident => $isa:expr;)*) => {$(
+        mod $module {
+            use super::*;
+
+            fn kernels() -> Option<Kernels> {
+                let k = Kernels::for_isa($isa);
+                if k.is_none() {
+                    eprintln!("skipped: this CPU lacks {}", $isa);
+                }
+                k
+            }
+
+            #[test]
+            fn quantize_matches_scalar_exactly() {
+                if let Some(k) = kernels() { check_quantize(&k) }
+            }
+
+            #[test]
+            fn dot_q8_0() {
+                if let Some(k) = kernels() { check_q8_0(&k) }
+            }
+
+            #[test]
+            fn dot_q4_0() {
+                if let Some(k) = kernels() { check_q4_0(&k) }
+            }
+
+            #[test]
+            fn dot_q4_1() {
+                if let Some(k) = kernels() { check_q4_1(&k) }
+            }
+
+            #[test]
+            fn dot_q6_k() {
+                if let Some(k) = kernels() { check_q6_k(&k) }
+            }
+
+            #[test]
+            fn float_dots() {
+                if let Some(k) = kernels() { check_float(&k) }
+            }
+        }
+    )*};
+}
+
+battery! {
+    scalar => Isa::Scalar;
+    avx2 => Isa::Avx2;
+    avx512 => Isa::Avx512;
+    neon => Isa::Neon;
+}
+
+#[test]
+fn the_native_level_is_available() {
+    #[cfg(target_arch = "x86_64")]
+    assert!(Isa::Avx2.is_available() || !std::is_x86_feature_detected!("avx2"));
+    #[cfg(target_arch = "aarch64")]
+    assert!(
+        Isa::Neon.is_available(),
+        "every aarch64 Linux CPU has NEON: the NEON battery must run"
+    );
+    assert!(Isa::Scalar.is_available());
+}

@@ -7,7 +7,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::imp::{
-    f16_to_f32, hsum_epi32, hsum_ps, load32, nibbles, q4_0_values, q6_chunk, q6_offset, two_lanes,
+    f16_splat, hsum_epi32, hsum_ps, load32, nibbles, q6_chunk, q6_offset, two_lanes, PREFETCH_BYTES,
 };
 use super::{avx2, scalar, Isa, Kernels};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
@@ -28,7 +28,9 @@ pub(super) fn table() -> Kernels {
         quantize_q8: avx2::quantize_q8,
         quantize_q8k: avx2::quantize_q8k,
         dot_q8_0,
+        dot4_q8_0,
         dot_q4_0,
+        dot4_q4_0,
         dot_q4_1,
         dot_q6_k,
         dot_f16,
@@ -50,7 +52,9 @@ macro_rules! safe_entry_points {
 
 safe_entry_points! {
     dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
+    dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
+    dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
     dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32;
     dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32;
@@ -75,9 +79,9 @@ mod imp {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-        let p = idot_i8(load32(&w.qs), load32(&a.qs));
+        let p = idot_q8_0(w, a, load32(&a.qs));
         _mm256_fmadd_ps(
-            _mm256_set1_ps(f16_to_f32(w.d) * a.d),
+            _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
             _mm256_cvtepi32_ps(p),
             acc,
         )
@@ -97,9 +101,9 @@ mod imp {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-        let p = idot_i8(q4_0_values(&w.qs), load32(&a.qs));
+        let p = idot_q4_0(w, a, load32(&a.qs));
         _mm256_fmadd_ps(
-            _mm256_set1_ps(f16_to_f32(w.d) * a.d),
+            _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
             _mm256_cvtepi32_ps(p),
             acc,
         )
@@ -118,30 +122,89 @@ mod imp {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, f32)) -> (__m256, f32) {
+    fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, __m256)) -> (__m256, __m256) {
         let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(&w.qs), load32(&a.qs));
-        let d = _mm256_set1_ps(f16_to_f32(w.d) * a.d);
+        let da = _mm256_set1_ps(a.d);
+        let d = _mm256_mul_ps(f16_splat(w.d), da);
+        let offset = _mm256_mul_ps(da, _mm256_set1_ps(a.isum as f32));
         (
             _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc.0),
-            acc.1 + f16_to_f32(w.m) * a.d * a.isum as f32,
+            _mm256_fmadd_ps(f16_splat(w.m), offset, acc.1),
         )
     }
 
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn add_pair(x: (__m256, f32), y: (__m256, f32)) -> (__m256, f32) {
-        (_mm256_add_ps(x.0, y.0), x.1 + y.1)
+    fn add_pair(x: (__m256, __m256), y: (__m256, __m256)) -> (__m256, __m256) {
+        (_mm256_add_ps(x.0, y.0), _mm256_add_ps(x.1, y.1))
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
-        let (v, offset) = two_lanes!(w, a, (_mm256_setzero_ps(), 0.0), add_pair, block_q4_1);
-        hsum_ps(v) + offset
+        let zero = _mm256_setzero_ps();
+        let (v, offset) = two_lanes!(w, a, (zero, zero), add_pair, block_q4_1);
+        // Every lane of `offset` holds the same sum of m·da·Σq terms.
+        hsum_ps(v) + _mm_cvtss_f32(_mm256_castps256_ps128(offset))
+    }
+
+    /// Four rows: each activation block is loaded once and feeds four independent accumulators
+    /// (kept in named variables so that they stay in registers).
+    macro_rules! four_rows {
+        ($w:expr, $a:expr, $idot:ident) => {{
+            let [w0, w1, w2, w3] = $w;
+            let (mut s0, mut s1, mut s2, mut s3) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
+            let rows = w0.iter().zip(w1).zip(w2).zip(w3);
+            for ((((w0, w1), w2), w3), a) in rows.zip($a) {
+                let av = load32(&a.qs);
+                let da = _mm256_set1_ps(a.d);
+                macro_rules! step {
+                    ($acc:ident, $wb:ident) => {
+                        let p = _mm256_cvtepi32_ps($idot($wb, a, av));
+                        $acc = _mm256_fmadd_ps(_mm256_mul_ps(f16_splat($wb.d), da), p, $acc);
+                    };
+                }
+                step!(s0, w0);
+                step!(s1, w1);
+                step!(s2, w2);
+                step!(s3, w3);
+            }
+            [hsum_ps(s0), hsum_ps(s1), hsum_ps(s2), hsum_ps(s3)]
+        }};
+    }
+
+    /// Σ w·a of one Q8_0 block, as 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn idot_q8_0(w: &BlockQ8_0, _a: &BlockQ8Act, av: __m256i) -> __m256i {
+        idot_i8(load32(&w.qs), av)
+    }
+
+    /// Σ (n − 8)·a of one Q4_0 block, as 8 i32 lanes: the unsigned nibbles n go straight into
+    /// the multiply, and the −8·Σa term starts the lanes (−Σa each, 8 lanes).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn idot_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, av: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_set1_epi32(-a.isum), nibbles(&w.qs), av)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
+        four_rows!(w, a, idot_q8_0)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
+        four_rows!(w, a, idot_q4_0)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-        let mut sum = 0.0;
+        let mut sum = _mm256_setzero_ps();
         for (w, a) in w.iter().zip(a) {
             let mut acc = _mm256_setzero_si256();
             for k in 0..8 {
@@ -156,9 +219,11 @@ mod imp {
                 acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(p, sc));
             }
             let isum = hsum_epi32(acc) - 32 * q6_offset(w, a);
-            sum += f16_to_f32(w.d) * a.d * isum as f32;
+            let d = _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d));
+            sum = _mm256_fmadd_ps(d, _mm256_set1_ps(isum as f32), sum);
         }
-        sum
+        // Every lane holds the same sum.
+        _mm_cvtss_f32(_mm256_castps256_ps128(sum))
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]

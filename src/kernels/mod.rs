@@ -77,6 +77,10 @@ impl fmt::Display for Isa {
 /// Dot product of a weight row in a block format with a quantized activation row.
 pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 
+/// Four weight rows against one activation row at once: the activation block is loaded once for
+/// four rows and the four accumulations run independently.
+pub type Dot4Fn<W, A> = fn([&[W]; 4], &[A]) -> [f32; 4];
+
 /// The kernels of one ISA level.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -88,8 +92,12 @@ pub struct Kernels {
     pub quantize_q8k: fn(&[f32], &mut [BlockQ8K]),
     /// Q8_0 · Q8 activations.
     pub dot_q8_0: DotFn<BlockQ8_0, BlockQ8Act>,
+    /// Four Q8_0 rows · Q8 activations.
+    pub dot4_q8_0: Dot4Fn<BlockQ8_0, BlockQ8Act>,
     /// Q4_0 · Q8 activations.
     pub dot_q4_0: DotFn<BlockQ4_0, BlockQ8Act>,
+    /// Four Q4_0 rows · Q8 activations.
+    pub dot4_q4_0: Dot4Fn<BlockQ4_0, BlockQ8Act>,
     /// Q4_1 · Q8 activations.
     pub dot_q4_1: DotFn<BlockQ4_1, BlockQ8Act>,
     /// Q6_K · Q8_K activations.
@@ -125,7 +133,9 @@ impl Kernels {
             quantize_q8: scalar::quantize_q8,
             quantize_q8k: scalar::quantize_q8k,
             dot_q8_0: scalar::dot_q8_0,
+            dot4_q8_0: scalar::dot4_q8_0,
             dot_q4_0: scalar::dot_q4_0,
+            dot4_q4_0: scalar::dot4_q4_0,
             dot_q4_1: scalar::dot_q4_1,
             dot_q6_k: scalar::dot_q6_k,
             dot_f16: scalar::dot_f16,

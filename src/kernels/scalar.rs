@@ -62,6 +62,16 @@ fn nibbles(qs: &[u8; 16]) -> [i8; 32] {
     n
 }
 
+/// Four Q8_0 rows at once (the reference twin: four single-row dots).
+pub fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
+    w.map(|w| dot_q8_0(w, a))
+}
+
+/// Four Q4_0 rows at once (the reference twin: four single-row dots).
+pub fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
+    w.map(|w| dot_q4_0(w, a))
+}
+
 /// Q4_0: value = (n − 8)·d, so Σ w·a = d·da·(Σ n·q − 8·Σ q).
 pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
     let mut sum = 0.0;

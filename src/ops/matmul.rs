@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use bytemuck::Pod;
 use rayon::prelude::*;
 
-use crate::kernels::{DotFn, Kernels};
+use crate::kernels::{Dot4Fn, DotFn, Kernels};
 use crate::model::Matrix;
 use crate::quant::{blocks, BlockQ8Act, BlockQ8K, GgmlType};
 
@@ -100,19 +100,19 @@ pub fn linear(
             s.q8.resize(t * nb, BlockQ8Act::default());
             (k.quantize_q8)(x, &mut s.q8);
             match w.ty {
-                GgmlType::Q8_0 => rows(file, w, &s.q8, nb, k.dot_q8_0, dst),
-                GgmlType::Q4_0 => rows(file, w, &s.q8, nb, k.dot_q4_0, dst),
-                _ => rows(file, w, &s.q8, nb, k.dot_q4_1, dst),
+                GgmlType::Q8_0 => rows(file, w, &s.q8, nb, (k.dot_q8_0, Some(k.dot4_q8_0)), dst),
+                GgmlType::Q4_0 => rows(file, w, &s.q8, nb, (k.dot_q4_0, Some(k.dot4_q4_0)), dst),
+                _ => rows(file, w, &s.q8, nb, (k.dot_q4_1, None), dst),
             }
         }
         GgmlType::Q6_K => {
             let nb = n_in / 256;
             s.q8k.resize(t * nb, BlockQ8K::default());
             (k.quantize_q8k)(x, &mut s.q8k);
-            rows(file, w, &s.q8k, nb, k.dot_q6_k, dst);
+            rows(file, w, &s.q8k, nb, (k.dot_q6_k, None), dst);
         }
-        GgmlType::F16 => rows(file, w, x, n_in, k.dot_f16, dst),
-        GgmlType::F32 => rows(file, w, x, n_in, k.dot_f32_bytes, dst),
+        GgmlType::F16 => rows(file, w, x, n_in, (k.dot_f16, None), dst),
+        GgmlType::F32 => rows(file, w, x, n_in, (k.dot_f32_bytes, None), dst),
         other => unreachable!("{}: type {other} rejected at load", w.name),
     }
     if t > 1 {
@@ -149,23 +149,51 @@ fn exact_rows(k: &Kernels, file: &[u8], w: &Matrix, x: &[f32], dst: &mut [f32]) 
         });
 }
 
-/// Fills `dst` (n_out × t, row-major by weight row) with `dot(W[r], act[j])`.
+/// Fills `dst` (n_out × t, row-major by weight row) with `dot(W[r], act[j])`, four weight rows
+/// at a time where the type has a four-row kernel and there is more than one activation row.
 fn rows<W: Pod, A: Sync>(
     file: &[u8],
     w: &Matrix,
     act: &[A],
     per_row: usize,
-    dot: DotFn<W, A>,
+    (dot, dot4): (DotFn<W, A>, Option<Dot4Fn<W, A>>),
     dst: &mut [f32],
 ) {
     let t = act.len() / per_row;
-    let per_task = rows_per_task(w.n_out);
+    // Multiples of 4 so that four-row groups never straddle two tasks.
+    let per_task = rows_per_task(w.n_out).next_multiple_of(4);
+    let row = |r: usize| -> &[W] {
+        blocks(w.row(file, r)).expect("row length is a whole number of blocks (checked at load)")
+    };
     dst.par_chunks_mut(t * per_task)
         .enumerate()
         .for_each(|(c, chunk)| {
-            for (i, o) in chunk.chunks_exact_mut(t).enumerate() {
-                let wr: &[W] = blocks(w.row(file, c * per_task + i))
-                    .expect("row length is a whole number of blocks (checked at load)");
+            let r0 = c * per_task;
+            let n = chunk.len() / t;
+            let mut done = 0;
+            // At batch 1 a single sequential stream per task lets the hardware prefetcher run
+            // ahead (measured: four interleaved row streams are 3× slower); from batch 2 on,
+            // each group of four weight rows is reused for every activation row.
+            if let Some(dot4) = dot4.filter(|_| t > 1) {
+                for g in (0..n / 4).map(|g| 4 * g) {
+                    let ws = [
+                        row(r0 + g),
+                        row(r0 + g + 1),
+                        row(r0 + g + 2),
+                        row(r0 + g + 3),
+                    ];
+                    for (j, a) in act.chunks_exact(per_row).enumerate() {
+                        let v = dot4(ws, a);
+                        for (i, v) in v.into_iter().enumerate() {
+                            chunk[(g + i) * t + j] = v;
+                        }
+                    }
+                }
+                done = n / 4 * 4;
+            }
+            for i in done..n {
+                let wr = row(r0 + i);
+                let o = &mut chunk[i * t..(i + 1) * t];
                 for (v, a) in o.iter_mut().zip(act.chunks_exact(per_row)) {
                     *v = dot(wr, a);
                 }

@@ -204,6 +204,95 @@ fn check_q4_1(k: &Kernels) {
     }
 }
 
+/// Per-block terms of Σ dequant(w)·dequant(a) for Q8_0 and Q4_0 rows, and the magnitude of what
+/// enters the lanes (products plus the offsets the multi-row kernels fold in: 128·Σ|w| for Q8_0
+/// tiles, 8·Σ|a| for Q4_0).
+fn q8_0_terms(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> (Vec<f64>, f64) {
+    let mut mag = 0.0;
+    let terms = w
+        .iter()
+        .zip(a)
+        .map(|(w, a)| {
+            let d = f16v(w.d) * a.d as f64;
+            let abs: i64 = (0..32)
+                .map(|i| (w.qs[i] as i64 * a.qs[i] as i64).abs())
+                .sum();
+            let off: i64 = w.qs.iter().map(|&q| 128 * (q as i64).abs()).sum();
+            mag += d.abs() * (abs + off) as f64;
+            d * idot(|i| w.qs[i] as i64, &a.qs) as f64
+        })
+        .collect();
+    (terms, mag)
+}
+
+fn q4_0_terms(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> (Vec<f64>, f64) {
+    let mut mag = 0.0;
+    let terms = w
+        .iter()
+        .zip(a)
+        .map(|(w, a)| {
+            let d = f16v(w.d) * a.d as f64;
+            let abs: i64 = (0..32)
+                .map(|i| (nib(&w.qs, i) * a.qs[i] as i64).abs())
+                .sum();
+            let off: i64 = a.qs.iter().map(|&q| 8 * (q as i64).abs()).sum();
+            mag += d.abs() * (abs + off) as f64;
+            d * idot(|i| nib(&w.qs, i) - 8, &a.qs) as f64
+        })
+        .collect();
+    (terms, mag)
+}
+
+/// Four-row and 4 × 4 kernels against the per-pair terms, on the same patterns as single rows.
+fn check_multi(k: &Kernels) {
+    let mut rng = Rng::new(6);
+    for nb in BLOCKS {
+        for pattern in 0..5 {
+            let rows8: Vec<Vec<BlockQ8_0>> = (0..4)
+                .map(|_| {
+                    (0..nb)
+                        .map(|_| BlockQ8_0 {
+                            d: scale(&mut rng, 5),
+                            qs: std::array::from_fn(|_| wbytes(&mut rng, pattern) as i8),
+                        })
+                        .collect()
+                })
+                .collect();
+            let rows4: Vec<Vec<BlockQ4_0>> = (0..4)
+                .map(|_| {
+                    (0..nb)
+                        .map(|_| BlockQ4_0 {
+                            d: scale(&mut rng, 5),
+                            qs: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
+                        })
+                        .collect()
+                })
+                .collect();
+            let acts: Vec<Vec<BlockQ8Act>> = (0..4)
+                .map(|_| q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32)))
+                .collect();
+            let w8: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| rows8[r].as_slice());
+            let w4: [&[BlockQ4_0]; 4] = std::array::from_fn(|r| rows4[r].as_slice());
+            let a: [&[BlockQ8Act]; 4] = std::array::from_fn(|c| acts[c].as_slice());
+            let tile8 = (k.gemm4x4_q8_0)(w8, a);
+            let tile4 = (k.gemm4x4_q4_0)(w4, a);
+            for c in 0..4 {
+                let col8 = (k.dot4_q8_0)(w8, a[c]);
+                let col4 = (k.dot4_q4_0)(w4, a[c]);
+                for r in 0..4 {
+                    let label = format!("{} nb={nb} pattern={pattern} [{r}][{c}]", k.isa);
+                    let (t8, m8) = q8_0_terms(w8[r], a[c]);
+                    check_mag(&format!("{label} dot4_q8_0"), col8[r], &t8, m8);
+                    check_mag(&format!("{label} gemm4x4_q8_0"), tile8[r][c], &t8, m8);
+                    let (t4, m4) = q4_0_terms(w4[r], a[c]);
+                    check_mag(&format!("{label} dot4_q4_0"), col4[r], &t4, m4);
+                    check_mag(&format!("{label} gemm4x4_q4_0"), tile4[r][c], &t4, m4);
+                }
+            }
+        }
+    }
+}
+
 fn check_q6_k(k: &Kernels) {
     let mut rng = Rng::new(4);
     for nb in [1, 3, 12] {
@@ -316,6 +405,11 @@ macro_rules! battery {
             #[test]
             fn dot_q6_k() {
                 if let Some(k) = kernels() { check_q6_k(&k) }
+            }
+
+            #[test]
+            fn four_row_and_tile_kernels() {
+                if let Some(k) = kernels() { check_multi(&k) }
             }
 
             #[test]

@@ -23,14 +23,23 @@ pub(super) fn table() -> Kernels {
         quantize_q8k,
         dot_q8_0,
         dot4_q8_0,
+        // AVX2 has 16 vector registers: a 4 × 4 tile of accumulators would spill, so the tile
+        // is four four-row calls.
+        gemm4x4_q8_0: |w, a| transpose(a.map(|a| dot4_q8_0(w, a))),
         dot_q4_0,
         dot4_q4_0,
+        gemm4x4_q4_0: |w, a| transpose(a.map(|a| dot4_q4_0(w, a))),
         dot_q4_1,
         dot_q6_k,
         dot_f16,
         dot_f32_bytes,
         dot_f32,
     }
+}
+
+/// `[c][r]` → `[r][c]`.
+pub(super) fn transpose(x: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    std::array::from_fn(|r| std::array::from_fn(|c| x[c][r]))
 }
 
 macro_rules! safe_entry_points {
@@ -309,6 +318,12 @@ pub(super) mod imp {
             );
             let rows = w0.iter().zip(w1).zip(w2).zip(w3);
             for ((((w0, w1), w2), w3), a) in rows.zip($a) {
+                // Four interleaved row streams defeat the hardware prefetcher on weights that
+                // come from DRAM; ask for each row's bytes ahead explicitly.
+                for wb in [w0, w1, w2, w3] {
+                    let p: *const i8 = (wb as *const _ as *const i8).wrapping_add(PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
                 let av = load32(&a.qs);
                 let da = _mm256_set1_ps(a.d);
                 macro_rules! step {

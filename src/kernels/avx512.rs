@@ -29,8 +29,10 @@ pub(super) fn table() -> Kernels {
         quantize_q8k: avx2::quantize_q8k,
         dot_q8_0,
         dot4_q8_0,
+        gemm4x4_q8_0,
         dot_q4_0,
         dot4_q4_0,
+        gemm4x4_q4_0,
         dot_q4_1,
         dot_q6_k,
         dot_f16,
@@ -53,6 +55,8 @@ macro_rules! safe_entry_points {
 safe_entry_points! {
     dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
     dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
+    gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
+    gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
     dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
     dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
@@ -160,6 +164,12 @@ mod imp {
             );
             let rows = w0.iter().zip(w1).zip(w2).zip(w3);
             for ((((w0, w1), w2), w3), a) in rows.zip($a) {
+                // Four interleaved row streams defeat the hardware prefetcher on weights that
+                // come from DRAM; ask for each row's bytes ahead explicitly.
+                for wb in [w0, w1, w2, w3] {
+                    let p: *const i8 = (wb as *const _ as *const i8).wrapping_add(PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                }
                 let av = load32(&a.qs);
                 let da = _mm256_set1_ps(a.d);
                 macro_rules! step {
@@ -200,6 +210,119 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
         four_rows!(w, a, idot_q4_0)
+    }
+
+    /// The 4 × 4 tile loop. Per block step: each weight row is loaded and prepared once
+    /// (`$prep_w`), each activation once (`$prep_a`), and each of the 16 pairs costs one
+    /// `vpdpbusd` (`$pair`), one conversion, one scale product and one FMA. The 16 accumulators,
+    /// 4 activation and 4 weight registers fit AVX-512VL's 32 vector registers.
+    macro_rules! tile4x4 {
+        ($w:expr, $a:expr, $prep_w:ident, $prep_a:ident, $pair:ident) => {{
+            let (w, a) = ($w, $a);
+            let n = w
+                .iter()
+                .map(|r| r.len())
+                .chain(a.iter().map(|c| c.len()))
+                .min()
+                .unwrap_or(0);
+            let mut acc = [[_mm256_setzero_ps(); 4]; 4];
+            for b in 0..n {
+                // Four interleaved row streams defeat the hardware prefetcher on weights that
+                // come from DRAM; ask for each row's bytes ahead explicitly.
+                for row in w.iter() {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        row.as_ptr()
+                            .wrapping_add(b)
+                            .cast::<i8>()
+                            .wrapping_add(PREFETCH_BYTES),
+                    );
+                }
+                let wp = [
+                    $prep_w(&w[0][b]),
+                    $prep_w(&w[1][b]),
+                    $prep_w(&w[2][b]),
+                    $prep_w(&w[3][b]),
+                ];
+                let ap = [
+                    $prep_a(&a[0][b]),
+                    $prep_a(&a[1][b]),
+                    $prep_a(&a[2][b]),
+                    $prep_a(&a[3][b]),
+                ];
+                for r in 0..4 {
+                    for c in 0..4 {
+                        let p = _mm256_cvtepi32_ps($pair(&wp[r], &ap[c]));
+                        let d = _mm256_mul_ps(wp[r].2, ap[c].2);
+                        acc[r][c] = _mm256_fmadd_ps(d, p, acc[r][c]);
+                    }
+                }
+            }
+            acc.map(|row| row.map(|v| hsum_ps(v)))
+        }};
+    }
+
+    /// Q8_0 weight block for the tile: quants, −128·Σw per lane (the activations are offset by
+    /// +128 to be unsigned), scale.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn prep_w_q8_0(w: &BlockQ8_0) -> (__m256i, __m256i, __m256) {
+        let q = load32(&w.qs);
+        let sum128 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), q);
+        (
+            q,
+            _mm256_sub_epi32(_mm256_setzero_si256(), sum128),
+            f16_splat(w.d),
+        )
+    }
+
+    /// Activation block for Q8_0 tiles: quants + 128 (as unsigned bytes), unused, scale.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn prep_a_unsigned(a: &BlockQ8Act) -> (__m256i, __m256i, __m256) {
+        let u = _mm256_xor_si256(load32(&a.qs), _mm256_set1_epi8(-128));
+        (u, _mm256_setzero_si256(), _mm256_set1_ps(a.d))
+    }
+
+    /// Σ (a + 128)·w − 128·Σw = Σ a·w.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn pair_q8_0(w: &(__m256i, __m256i, __m256), a: &(__m256i, __m256i, __m256)) -> __m256i {
+        _mm256_dpbusd_epi32(w.1, a.0, w.0)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
+        tile4x4!(w, a, prep_w_q8_0, prep_a_unsigned, pair_q8_0)
+    }
+
+    /// Q4_0 weight block for the tile: unsigned nibbles, unused, scale.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn prep_w_q4_0(w: &BlockQ4_0) -> (__m256i, __m256i, __m256) {
+        (nibbles(&w.qs), _mm256_setzero_si256(), f16_splat(w.d))
+    }
+
+    /// Activation block for Q4_0 tiles: quants, −Σa per lane (8 lanes: −8·Σa), scale.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn prep_a_q4_0(a: &BlockQ8Act) -> (__m256i, __m256i, __m256) {
+        (
+            load32(&a.qs),
+            _mm256_set1_epi32(-a.isum),
+            _mm256_set1_ps(a.d),
+        )
+    }
+
+    /// Σ n·a − 8·Σa = Σ (n − 8)·a.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn pair_q4_0(w: &(__m256i, __m256i, __m256), a: &(__m256i, __m256i, __m256)) -> __m256i {
+        _mm256_dpbusd_epi32(a.1, w.0, a.0)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
+        tile4x4!(w, a, prep_w_q4_0, prep_a_q4_0, pair_q4_0)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

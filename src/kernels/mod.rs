@@ -81,6 +81,11 @@ pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 /// four rows and the four accumulations run independently.
 pub type Dot4Fn<W, A> = fn([&[W]; 4], &[A]) -> [f32; 4];
 
+/// A 4 × 4 tile: four weight rows against four activation rows, `out[r][c] = W[r] · A[c]`.
+/// Each weight block is prepared once for four activations and each activation block once for
+/// four weight rows (prefill and batched decode).
+pub type Gemm4x4Fn<W, A> = fn([&[W]; 4], [&[A]; 4]) -> [[f32; 4]; 4];
+
 /// The kernels of one ISA level.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -94,10 +99,14 @@ pub struct Kernels {
     pub dot_q8_0: DotFn<BlockQ8_0, BlockQ8Act>,
     /// Four Q8_0 rows · Q8 activations.
     pub dot4_q8_0: Dot4Fn<BlockQ8_0, BlockQ8Act>,
+    /// 4 × 4 tile of Q8_0 rows · Q8 activations.
+    pub gemm4x4_q8_0: Gemm4x4Fn<BlockQ8_0, BlockQ8Act>,
     /// Q4_0 · Q8 activations.
     pub dot_q4_0: DotFn<BlockQ4_0, BlockQ8Act>,
     /// Four Q4_0 rows · Q8 activations.
     pub dot4_q4_0: Dot4Fn<BlockQ4_0, BlockQ8Act>,
+    /// 4 × 4 tile of Q4_0 rows · Q8 activations.
+    pub gemm4x4_q4_0: Gemm4x4Fn<BlockQ4_0, BlockQ8Act>,
     /// Q4_1 · Q8 activations.
     pub dot_q4_1: DotFn<BlockQ4_1, BlockQ8Act>,
     /// Q6_K · Q8_K activations.
@@ -134,8 +143,10 @@ impl Kernels {
             quantize_q8k: scalar::quantize_q8k,
             dot_q8_0: scalar::dot_q8_0,
             dot4_q8_0: scalar::dot4_q8_0,
+            gemm4x4_q8_0: scalar::gemm4x4_q8_0,
             dot_q4_0: scalar::dot_q4_0,
             dot4_q4_0: scalar::dot4_q4_0,
+            gemm4x4_q4_0: scalar::gemm4x4_q4_0,
             dot_q4_1: scalar::dot_q4_1,
             dot_q6_k: scalar::dot_q6_k,
             dot_f16: scalar::dot_f16,

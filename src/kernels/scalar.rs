@@ -72,6 +72,16 @@ pub fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
     w.map(|w| dot_q4_0(w, a))
 }
 
+/// A 4 × 4 tile of Q8_0 rows (the reference twin: sixteen single-row dots).
+pub fn gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
+    w.map(|w| a.map(|a| dot_q8_0(w, a)))
+}
+
+/// A 4 × 4 tile of Q4_0 rows (the reference twin: sixteen single-row dots).
+pub fn gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
+    w.map(|w| a.map(|a| dot_q4_0(w, a)))
+}
+
 /// Q4_0: value = (n − 8)·d, so Σ w·a = d·da·(Σ n·q − 8·Σ q).
 pub fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
     let mut sum = 0.0;

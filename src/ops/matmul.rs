@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use bytemuck::Pod;
 use rayon::prelude::*;
 
-use crate::kernels::{Dot4Fn, DotFn, Kernels};
+use crate::kernels::{Dot4Fn, DotFn, Gemm4x4Fn, Kernels};
 use crate::model::Matrix;
 use crate::quant::{blocks, BlockQ8Act, BlockQ8K, GgmlType};
 
@@ -100,8 +100,14 @@ pub fn linear(
             s.q8.resize(t * nb, BlockQ8Act::default());
             (k.quantize_q8)(x, &mut s.q8);
             match w.ty {
-                GgmlType::Q8_0 => rows(file, w, &s.q8, nb, (k.dot_q8_0, Some(k.dot4_q8_0)), dst),
-                GgmlType::Q4_0 => rows(file, w, &s.q8, nb, (k.dot_q4_0, Some(k.dot4_q4_0)), dst),
+                GgmlType::Q8_0 => {
+                    let fns = (k.dot_q8_0, Some((k.dot4_q8_0, k.gemm4x4_q8_0)));
+                    rows(file, w, &s.q8, nb, fns, dst)
+                }
+                GgmlType::Q4_0 => {
+                    let fns = (k.dot_q4_0, Some((k.dot4_q4_0, k.gemm4x4_q4_0)));
+                    rows(file, w, &s.q8, nb, fns, dst)
+                }
                 _ => rows(file, w, &s.q8, nb, (k.dot_q4_1, None), dst),
             }
         }
@@ -149,6 +155,9 @@ fn exact_rows(k: &Kernels, file: &[u8], w: &Matrix, x: &[f32], dst: &mut [f32]) 
         });
 }
 
+/// The four-row and 4 × 4 kernels of a weight type that has them.
+type MultiRow<W, A> = (Dot4Fn<W, A>, Gemm4x4Fn<W, A>);
+
 /// Fills `dst` (n_out × t, row-major by weight row) with `dot(W[r], act[j])`, four weight rows
 /// at a time where the type has a four-row kernel and there is more than one activation row.
 fn rows<W: Pod, A: Sync>(
@@ -156,7 +165,7 @@ fn rows<W: Pod, A: Sync>(
     w: &Matrix,
     act: &[A],
     per_row: usize,
-    (dot, dot4): (DotFn<W, A>, Option<Dot4Fn<W, A>>),
+    (dot, multi): (DotFn<W, A>, Option<MultiRow<W, A>>),
     dst: &mut [f32],
 ) {
     let t = act.len() / per_row;
@@ -174,7 +183,8 @@ fn rows<W: Pod, A: Sync>(
             // At batch 1 a single sequential stream per task lets the hardware prefetcher run
             // ahead (measured: four interleaved row streams are 3× slower); from batch 2 on,
             // each group of four weight rows is reused for every activation row.
-            if let Some(dot4) = dot4.filter(|_| t > 1) {
+            if let Some((dot4, gemm)) = multi.filter(|_| t > 1) {
+                let a = |j: usize| &act[j * per_row..(j + 1) * per_row];
                 for g in (0..n / 4).map(|g| 4 * g) {
                     let ws = [
                         row(r0 + g),
@@ -182,9 +192,15 @@ fn rows<W: Pod, A: Sync>(
                         row(r0 + g + 2),
                         row(r0 + g + 3),
                     ];
-                    for (j, a) in act.chunks_exact(per_row).enumerate() {
-                        let v = dot4(ws, a);
-                        for (i, v) in v.into_iter().enumerate() {
+                    // 4 × 4 tiles over the activation rows, then single columns for the rest.
+                    for j in (0..t / 4).map(|j| 4 * j) {
+                        let v = gemm(ws, [a(j), a(j + 1), a(j + 2), a(j + 3)]);
+                        for (i, vr) in v.into_iter().enumerate() {
+                            chunk[(g + i) * t + j..][..4].copy_from_slice(&vr);
+                        }
+                    }
+                    for j in t / 4 * 4..t {
+                        for (i, v) in dot4(ws, a(j)).into_iter().enumerate() {
                             chunk[(g + i) * t + j] = v;
                         }
                     }

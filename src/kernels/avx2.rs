@@ -233,78 +233,6 @@ pub(super) mod imp {
     }
     pub(crate) use two_lanes;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-        let p = idot_q8_0(w, a, load32(&a.qs));
-        _mm256_fmadd_ps(
-            _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
-            _mm256_cvtepi32_ps(p),
-            acc,
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
-        hsum_ps(two_lanes!(
-            w,
-            a,
-            _mm256_setzero_ps(),
-            _mm256_add_ps,
-            block_q8_0
-        ))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-        let p = idot_q4_0(w, a, load32(&a.qs));
-        _mm256_fmadd_ps(
-            _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
-            _mm256_cvtepi32_ps(p),
-            acc,
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
-        hsum_ps(two_lanes!(
-            w,
-            a,
-            _mm256_setzero_ps(),
-            _mm256_add_ps,
-            block_q4_0
-        ))
-    }
-
-    /// The second accumulator carries the m·da·Σq offsets, the same in every lane.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, __m256)) -> (__m256, __m256) {
-        let p = idot_u8(nibbles(&w.qs), load32(&a.qs));
-        let da = _mm256_set1_ps(a.d);
-        let d = _mm256_mul_ps(f16_splat(w.d), da);
-        let offset = _mm256_mul_ps(da, _mm256_set1_ps(a.isum as f32));
-        (
-            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc.0),
-            _mm256_fmadd_ps(f16_splat(w.m), offset, acc.1),
-        )
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn add_pair(x: (__m256, __m256), y: (__m256, __m256)) -> (__m256, __m256) {
-        (_mm256_add_ps(x.0, y.0), _mm256_add_ps(x.1, y.1))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
-        let zero = _mm256_setzero_ps();
-        let (v, offset) = two_lanes!(w, a, (zero, zero), add_pair, block_q4_1);
-        // Every lane of `offset` holds the same sum of m·da·Σq terms.
-        hsum_ps(v) + _mm_cvtss_f32(_mm256_castps256_ps128(offset))
-    }
-
     /// Four rows: each activation block is loaded once and feeds four independent accumulators
     /// (kept in named variables so that they stay in registers).
     macro_rules! four_rows {
@@ -340,6 +268,97 @@ pub(super) mod imp {
             [hsum_ps(s0), hsum_ps(s1), hsum_ps(s2), hsum_ps(s3)]
         }};
     }
+    pub(crate) use four_rows;
+
+    /// The Q8_0, Q4_0 and Q4_1 kernels of an ISA level, written once over its integer primitives
+    /// (which each level defines): `idot_q8_0(w, a, av)`, `idot_q4_0(w, a, av)` and
+    /// `idot_u8(n, av)`, each giving 8 i32 lanes.
+    macro_rules! q8_family {
+        ($feats:literal, $vis:vis) => {
+        #[inline]
+        #[target_feature(enable = $feats)]
+        fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
+            let p = idot_q8_0(w, a, load32(&a.qs));
+            _mm256_fmadd_ps(
+                _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
+                _mm256_cvtepi32_ps(p),
+                acc,
+            )
+        }
+
+        #[target_feature(enable = $feats)]
+        $vis fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
+            hsum_ps(two_lanes!(
+                w,
+                a,
+                _mm256_setzero_ps(),
+                _mm256_add_ps,
+                block_q8_0
+            ))
+        }
+
+        #[inline]
+        #[target_feature(enable = $feats)]
+        fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
+            let p = idot_q4_0(w, a, load32(&a.qs));
+            _mm256_fmadd_ps(
+                _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
+                _mm256_cvtepi32_ps(p),
+                acc,
+            )
+        }
+
+        #[target_feature(enable = $feats)]
+        $vis fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
+            hsum_ps(two_lanes!(
+                w,
+                a,
+                _mm256_setzero_ps(),
+                _mm256_add_ps,
+                block_q4_0
+            ))
+        }
+
+        /// The second accumulator carries the m·da·Σq offsets, the same in every lane.
+        #[inline]
+        #[target_feature(enable = $feats)]
+        fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, __m256)) -> (__m256, __m256) {
+            let p = idot_u8(nibbles(&w.qs), load32(&a.qs));
+            let da = _mm256_set1_ps(a.d);
+            let d = _mm256_mul_ps(f16_splat(w.d), da);
+            let offset = _mm256_mul_ps(da, _mm256_set1_ps(a.isum as f32));
+            (
+                _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc.0),
+                _mm256_fmadd_ps(f16_splat(w.m), offset, acc.1),
+            )
+        }
+
+        #[inline]
+        #[target_feature(enable = $feats)]
+        fn add_pair(x: (__m256, __m256), y: (__m256, __m256)) -> (__m256, __m256) {
+            (_mm256_add_ps(x.0, y.0), _mm256_add_ps(x.1, y.1))
+        }
+
+        #[target_feature(enable = $feats)]
+        $vis fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
+            let zero = _mm256_setzero_ps();
+            let (v, offset) = two_lanes!(w, a, (zero, zero), add_pair, block_q4_1);
+            // Every lane of `offset` holds the same sum of m·da·Σq terms.
+            hsum_ps(v) + _mm_cvtss_f32(_mm256_castps256_ps128(offset))
+        }
+
+        #[target_feature(enable = $feats)]
+        $vis fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
+            four_rows!(w, a, idot_q8_0)
+        }
+
+        #[target_feature(enable = $feats)]
+        $vis fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
+            four_rows!(w, a, idot_q4_0)
+        }
+        };
+    }
+    pub(crate) use q8_family;
 
     /// Σ w·a of one Q8_0 block, as 8 i32 lanes.
     #[inline]
@@ -356,15 +375,7 @@ pub(super) mod imp {
         _mm256_add_epi32(idot_u8(nibbles(&w.qs), av), _mm256_set1_epi32(-a.isum))
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
-        four_rows!(w, a, idot_q8_0)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
-        four_rows!(w, a, idot_q4_0)
-    }
+    q8_family!("avx2,fma,f16c", pub(crate));
 
     /// The 32 six-bit quants (0..63, unsigned) of values 32k..32k+32 of a Q6_K block.
     #[inline]

@@ -7,7 +7,8 @@
 use std::arch::x86_64::*;
 
 use super::avx2::imp::{
-    f16_splat, hsum_epi32, hsum_ps, load32, nibbles, q6_chunk, q6_offset, two_lanes, PREFETCH_BYTES,
+    f16_splat, four_rows, hsum_epi32, hsum_ps, load32, nibbles, q6_chunk, q6_offset, q8_family,
+    two_lanes, PREFETCH_BYTES,
 };
 use super::{avx2, scalar, Isa, Kernels};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
@@ -80,111 +81,11 @@ mod imp {
         )
     }
 
+    /// Σ n·a for unsigned bytes n and signed a, as 8 i32 lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-        let p = idot_q8_0(w, a, load32(&a.qs));
-        _mm256_fmadd_ps(
-            _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
-            _mm256_cvtepi32_ps(p),
-            acc,
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
-        hsum_ps(two_lanes!(
-            w,
-            a,
-            _mm256_setzero_ps(),
-            _mm256_add_ps,
-            block_q8_0
-        ))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-        let p = idot_q4_0(w, a, load32(&a.qs));
-        _mm256_fmadd_ps(
-            _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
-            _mm256_cvtepi32_ps(p),
-            acc,
-        )
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
-        hsum_ps(two_lanes!(
-            w,
-            a,
-            _mm256_setzero_ps(),
-            _mm256_add_ps,
-            block_q4_0
-        ))
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn block_q4_1(w: &BlockQ4_1, a: &BlockQ8Act, acc: (__m256, __m256)) -> (__m256, __m256) {
-        let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(&w.qs), load32(&a.qs));
-        let da = _mm256_set1_ps(a.d);
-        let d = _mm256_mul_ps(f16_splat(w.d), da);
-        let offset = _mm256_mul_ps(da, _mm256_set1_ps(a.isum as f32));
-        (
-            _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc.0),
-            _mm256_fmadd_ps(f16_splat(w.m), offset, acc.1),
-        )
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn add_pair(x: (__m256, __m256), y: (__m256, __m256)) -> (__m256, __m256) {
-        (_mm256_add_ps(x.0, y.0), _mm256_add_ps(x.1, y.1))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
-        let zero = _mm256_setzero_ps();
-        let (v, offset) = two_lanes!(w, a, (zero, zero), add_pair, block_q4_1);
-        // Every lane of `offset` holds the same sum of m·da·Σq terms.
-        hsum_ps(v) + _mm_cvtss_f32(_mm256_castps256_ps128(offset))
-    }
-
-    /// Four rows: each activation block is loaded once and feeds four independent accumulators
-    /// (kept in named variables so that they stay in registers).
-    macro_rules! four_rows {
-        ($w:expr, $a:expr, $idot:ident) => {{
-            let [w0, w1, w2, w3] = $w;
-            let (mut s0, mut s1, mut s2, mut s3) = (
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-                _mm256_setzero_ps(),
-            );
-            let rows = w0.iter().zip(w1).zip(w2).zip(w3);
-            for ((((w0, w1), w2), w3), a) in rows.zip($a) {
-                // Four interleaved row streams defeat the hardware prefetcher on weights that
-                // come from DRAM; ask for each row's bytes ahead explicitly.
-                for wb in [w0, w1, w2, w3] {
-                    let p: *const i8 = (wb as *const _ as *const i8).wrapping_add(PREFETCH_BYTES);
-                    _mm_prefetch::<_MM_HINT_T0>(p);
-                }
-                let av = load32(&a.qs);
-                let da = _mm256_set1_ps(a.d);
-                macro_rules! step {
-                    ($acc:ident, $wb:ident) => {
-                        let p = _mm256_cvtepi32_ps($idot($wb, a, av));
-                        $acc = _mm256_fmadd_ps(_mm256_mul_ps(f16_splat($wb.d), da), p, $acc);
-                    };
-                }
-                step!(s0, w0);
-                step!(s1, w1);
-                step!(s2, w2);
-                step!(s3, w3);
-            }
-            [hsum_ps(s0), hsum_ps(s1), hsum_ps(s2), hsum_ps(s3)]
-        }};
+    fn idot_u8(n: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), n, a)
     }
 
     /// Σ w·a of one Q8_0 block, as 8 i32 lanes.
@@ -202,15 +103,7 @@ mod imp {
         _mm256_dpbusd_epi32(_mm256_set1_epi32(-a.isum), nibbles(&w.qs), av)
     }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
-        four_rows!(w, a, idot_q8_0)
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4] {
-        four_rows!(w, a, idot_q4_0)
-    }
+    q8_family!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pub(super));
 
     /// The 4 × 4 tile loop. Per block step: each weight row is loaded and prepared once
     /// (`$prep_w`), each activation once (`$prep_a`), and each of the 16 pairs costs one

@@ -2,7 +2,7 @@
 //!
 //! Integer dot products use `vpdpbusd` (unsigned × signed bytes summed straight into i32 lanes)
 //! on 256-bit vectors: the blocks are 32 values wide, and Zen 4 splits 512-bit integer ops in two
-//! anyway. Float dot products use 512-bit vectors. Activation quantization is AVX2's.
+//! anyway. Activation quantization and the float dot products are AVX2's.
 
 use std::arch::x86_64::*;
 
@@ -10,7 +10,7 @@ use super::avx2::imp::{
     f16_splat, four_rows, hsum_epi32, hsum_ps, load32, nibbles, q6_chunk, q6_offset, q8_family,
     two_lanes, PREFETCH_BYTES,
 };
-use super::{avx2, scalar, Isa, Kernels};
+use super::{avx2, Isa, Kernels};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
 
 /// True when the CPU has AVX2 (for the shared helpers) and AVX-512 F/BW/VL with VNNI.
@@ -36,9 +36,10 @@ pub(super) fn table() -> Kernels {
         gemm4x4_q4_0,
         dot_q4_1,
         dot_q6_k,
-        dot_f16,
-        dot_f32_bytes,
-        dot_f32,
+        // 512-bit float FMAs run as two 256-bit halves on Zen 4: AVX2's float dots do as well.
+        dot_f16: avx2::dot_f16,
+        dot_f32_bytes: avx2::dot_f32_bytes,
+        dot_f32: avx2::dot_f32,
     }
 }
 
@@ -62,9 +63,6 @@ safe_entry_points! {
     dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
     dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32;
-    dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32;
-    dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32;
-    dot_f32(a: &[f32], b: &[f32]) -> f32;
 }
 
 mod imp {
@@ -240,69 +238,5 @@ mod imp {
         }
         // Every lane holds the same sum.
         _mm_cvtss_f32(_mm256_castps256_ps128(sum))
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) fn dot_f16(w: &[[u8; 2]], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * k;
-                // SAFETY: o + 16 ≤ n ≤ both lengths; loads are unaligned.
-                let (wv, xv) = unsafe {
-                    (
-                        _mm512_cvtph_ps(_mm256_loadu_si256(w[o..].as_ptr().cast())),
-                        _mm512_loadu_ps(x[o..].as_ptr()),
-                    )
-                };
-                *a = _mm512_fmadd_ps(wv, xv, *a);
-            }
-            i += 32;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + scalar::dot_f16(&w[i..n], &x[i..n])
-    }
-
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
-    pub(super) fn dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32 {
-        let n = w.len().min(x.len());
-        let mut acc = [_mm512_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (k, a) in acc.iter_mut().enumerate() {
-                let o = i + 16 * k;
-                // SAFETY: o + 16 ≤ n ≤ both lengths; loads are unaligned.
-                let (wv, xv) = unsafe {
-                    (
-                        _mm512_loadu_ps(w[o..].as_ptr().cast()),
-                        _mm512_loadu_ps(x[o..].as_ptr()),
-                    )
-                };
-                *a = _mm512_fmadd_ps(wv, xv, *a);
-            }
-            i += 32;
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
-            + scalar::dot_f32_bytes(&w[i..n], &x[i..n])
-    }
-
-    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
-    pub(super) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = _mm512_setzero_ps();
-        let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 ≤ n ≤ both lengths.
-            let (av, bv) = unsafe {
-                (
-                    _mm512_loadu_ps(a[i..].as_ptr()),
-                    _mm512_loadu_ps(b[i..].as_ptr()),
-                )
-            };
-            acc = _mm512_fmadd_ps(av, bv, acc);
-            i += 16;
-        }
-        _mm512_reduce_add_ps(acc) + scalar::dot_f32(&a[i..n], &b[i..n])
     }
 }

@@ -205,8 +205,8 @@ fn check_q4_1(k: &Kernels) {
 }
 
 /// Per-block terms of Σ dequant(w)·dequant(a) for Q8_0 and Q4_0 rows, and the magnitude of what
-/// enters the lanes (products plus the offsets the multi-row kernels fold in: 128·Σ|w| for Q8_0
-/// tiles, 8·Σ|a| for Q4_0).
+/// enters the lanes (products plus the offsets the multi-row kernels fold in: 128·Σ|w| or
+/// 128·Σ|a| for Q8_0 tiles, 8·Σ|a| for Q4_0).
 fn q8_0_terms(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> (Vec<f64>, f64) {
     let mut mag = 0.0;
     let terms = w
@@ -217,7 +217,9 @@ fn q8_0_terms(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> (Vec<f64>, f64) {
             let abs: i64 = (0..32)
                 .map(|i| (w.qs[i] as i64 * a.qs[i] as i64).abs())
                 .sum();
-            let off: i64 = w.qs.iter().map(|&q| 128 * (q as i64).abs()).sum();
+            let off: i64 = (0..32)
+                .map(|i| 128 * ((w.qs[i] as i64).abs() + (a.qs[i] as i64).abs()))
+                .sum();
             mag += d.abs() * (abs + off) as f64;
             d * idot(|i| w.qs[i] as i64, &a.qs) as f64
         })

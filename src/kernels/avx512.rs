@@ -103,12 +103,32 @@ mod imp {
 
     q8_family!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pub(super));
 
-    /// The 4 × 4 tile loop. Per block step: each weight row is loaded and prepared once
-    /// (`$prep_w`), each activation once (`$prep_a`), and each of the 16 pairs costs one
-    /// `vpdpbusd` (`$pair`), one conversion, one scale product and one FMA. The 16 accumulators,
-    /// 4 activation and 4 weight registers fit AVX-512VL's 32 vector registers.
+    /// Two 256-bit halves as one 512-bit vector.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
+    }
+
+    /// Two 256-bit halves as one 512-bit vector.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn join_f(lo: __m256, hi: __m256) -> __m512 {
+        let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
+    }
+
+    /// The 4 × 4 tile loop, two blocks per 512-bit vector (the lower half holds block b, the
+    /// upper half block b + 1).
+    ///
+    /// Weights enter `vpdpbusd` as unsigned bytes (`$prep_w`: Q8_0 quants + 128, or Q4_0
+    /// nibbles) against signed activations. The activation side's offset, −`$k`·Σa per block,
+    /// starts the lanes (8 lanes a block, −`$k`/8·Σa each), so each of the 16 pairs costs one
+    /// `vpdpbusd`, one conversion, one scale product and one FMA per two blocks. The 16
+    /// accumulators, 4 weight and 4 scale registers fit the 32 vector registers. An odd last
+    /// block goes through the single-row kernel.
     macro_rules! tile4x4 {
-        ($w:expr, $a:expr, $prep_w:ident, $prep_a:ident, $pair:ident) => {{
+        ($w:expr, $a:expr, $prep_w:ident, $k:expr, $dot:ident) => {{
             let (w, a) = ($w, $a);
             let n = w
                 .iter()
@@ -116,104 +136,74 @@ mod imp {
                 .chain(a.iter().map(|c| c.len()))
                 .min()
                 .unwrap_or(0);
-            let mut acc = [[_mm256_setzero_ps(); 4]; 4];
-            for b in 0..n {
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            let mut b = 0;
+            while b + 2 <= n {
                 // Four interleaved row streams defeat the hardware prefetcher on weights that
                 // come from DRAM; ask for each row's bytes ahead explicitly.
                 for row in w.iter() {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        row.as_ptr()
-                            .wrapping_add(b)
-                            .cast::<i8>()
-                            .wrapping_add(PREFETCH_BYTES),
-                    );
+                    let p = row
+                        .as_ptr()
+                        .wrapping_add(b)
+                        .cast::<i8>()
+                        .wrapping_add(PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(p);
                 }
-                let wp = [
-                    $prep_w(&w[0][b]),
-                    $prep_w(&w[1][b]),
-                    $prep_w(&w[2][b]),
-                    $prep_w(&w[3][b]),
-                ];
-                let ap = [
-                    $prep_a(&a[0][b]),
-                    $prep_a(&a[1][b]),
-                    $prep_a(&a[2][b]),
-                    $prep_a(&a[3][b]),
-                ];
-                for r in 0..4 {
-                    for c in 0..4 {
-                        let p = _mm256_cvtepi32_ps($pair(&wp[r], &ap[c]));
-                        let d = _mm256_mul_ps(wp[r].2, ap[c].2);
-                        acc[r][c] = _mm256_fmadd_ps(d, p, acc[r][c]);
+                let wq: [__m512i; 4] =
+                    std::array::from_fn(|r| join_i($prep_w(&w[r][b]), $prep_w(&w[r][b + 1])));
+                let wd: [__m512; 4] =
+                    std::array::from_fn(|r| join_f(f16_splat(w[r][b].d), f16_splat(w[r][b + 1].d)));
+                for c in 0..4 {
+                    let (a0, a1) = (&a[c][b], &a[c][b + 1]);
+                    let av = join_i(load32(&a0.qs), load32(&a1.qs));
+                    let init = join_i(
+                        _mm256_set1_epi32(-($k / 8) * a0.isum),
+                        _mm256_set1_epi32(-($k / 8) * a1.isum),
+                    );
+                    let da = join_f(_mm256_set1_ps(a0.d), _mm256_set1_ps(a1.d));
+                    for r in 0..4 {
+                        let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, wq[r], av));
+                        acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(wd[r], da), p, acc[r][c]);
+                    }
+                }
+                b += 2;
+            }
+            let mut out = acc.map(|row| row.map(|v| _mm512_reduce_add_ps(v)));
+            if b < n {
+                for (r, row) in out.iter_mut().enumerate() {
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v += $dot(&w[r][b..b + 1], &a[c][b..b + 1]);
                     }
                 }
             }
-            acc.map(|row| row.map(|v| hsum_ps(v)))
+            out
         }};
     }
 
-    /// Q8_0 weight block for the tile: quants, −128·Σw per lane (the activations are offset by
-    /// +128 to be unsigned), scale.
+    /// Q8_0 quants as unsigned bytes: q + 128.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn prep_w_q8_0(w: &BlockQ8_0) -> (__m256i, __m256i, __m256) {
-        let q = load32(&w.qs);
-        let sum128 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(-128), q);
-        (
-            q,
-            _mm256_sub_epi32(_mm256_setzero_si256(), sum128),
-            f16_splat(w.d),
-        )
+    fn q8_0_unsigned(w: &BlockQ8_0) -> __m256i {
+        _mm256_xor_si256(load32(&w.qs), _mm256_set1_epi8(-128))
     }
 
-    /// Activation block for Q8_0 tiles: quants + 128 (as unsigned bytes), unused, scale.
+    /// Q4_0 nibbles, unsigned.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn prep_a_unsigned(a: &BlockQ8Act) -> (__m256i, __m256i, __m256) {
-        let u = _mm256_xor_si256(load32(&a.qs), _mm256_set1_epi8(-128));
-        (u, _mm256_setzero_si256(), _mm256_set1_ps(a.d))
+    fn q4_0_unsigned(w: &BlockQ4_0) -> __m256i {
+        nibbles(&w.qs)
     }
 
-    /// Σ (a + 128)·w − 128·Σw = Σ a·w.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn pair_q8_0(w: &(__m256i, __m256i, __m256), a: &(__m256i, __m256i, __m256)) -> __m256i {
-        _mm256_dpbusd_epi32(w.1, a.0, w.0)
-    }
-
+    /// Σ (w + 128)·a − 128·Σa = Σ w·a.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
-        tile4x4!(w, a, prep_w_q8_0, prep_a_unsigned, pair_q8_0)
-    }
-
-    /// Q4_0 weight block for the tile: unsigned nibbles, unused, scale.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn prep_w_q4_0(w: &BlockQ4_0) -> (__m256i, __m256i, __m256) {
-        (nibbles(&w.qs), _mm256_setzero_si256(), f16_splat(w.d))
-    }
-
-    /// Activation block for Q4_0 tiles: quants, −Σa per lane (8 lanes: −8·Σa), scale.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn prep_a_q4_0(a: &BlockQ8Act) -> (__m256i, __m256i, __m256) {
-        (
-            load32(&a.qs),
-            _mm256_set1_epi32(-a.isum),
-            _mm256_set1_ps(a.d),
-        )
+        tile4x4!(w, a, q8_0_unsigned, 128, dot_q8_0)
     }
 
     /// Σ n·a − 8·Σa = Σ (n − 8)·a.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn pair_q4_0(w: &(__m256i, __m256i, __m256), a: &(__m256i, __m256i, __m256)) -> __m256i {
-        _mm256_dpbusd_epi32(a.1, w.0, a.0)
-    }
-
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
-        tile4x4!(w, a, prep_w_q4_0, prep_a_q4_0, pair_q4_0)
+        tile4x4!(w, a, q4_0_unsigned, 8, dot_q4_0)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

@@ -122,17 +122,31 @@ pub fn linear(
         other => unreachable!("{}: type {other} rejected at load", w.name),
     }
     if t > 1 {
-        for (j, orow) in out.chunks_exact_mut(n_out).enumerate() {
-            for (r, o) in orow.iter_mut().enumerate() {
-                *o = s.tmp[r * t + j];
+        transpose_into(&s.tmp[..t * n_out], t, out, bias);
+    } else if let Some(b) = bias {
+        super::add_assign(out, b);
+    }
+}
+
+/// Output rows per transpose task: for each weight row, their values are one cache line of `tmp`.
+const TRANSPOSE_ROWS: usize = 16;
+
+/// `out[j][r] = tmp[r][j] + bias[r]`, in parallel bands of output rows so that every read of
+/// `tmp` uses a whole cache line (a plain strided transpose touched one line per value).
+fn transpose_into(tmp: &[f32], t: usize, out: &mut [f32], bias: Option<&[f32]>) {
+    let n_out = tmp.len() / t;
+    out.par_chunks_mut(TRANSPOSE_ROWS * n_out)
+        .enumerate()
+        .for_each(|(band, o)| {
+            let j0 = band * TRANSPOSE_ROWS;
+            let rows = o.len() / n_out;
+            for r in 0..n_out {
+                let b = bias.map_or(0.0, |b| b[r]);
+                for (jj, &v) in tmp[r * t + j0..][..rows].iter().enumerate() {
+                    o[jj * n_out + r] = v + b;
+                }
             }
-        }
-    }
-    if let Some(b) = bias {
-        for orow in out.chunks_exact_mut(n_out) {
-            super::add_assign(orow, b);
-        }
-    }
+        });
 }
 
 /// Like [`rows`], dequantizing each weight row to f32 first.

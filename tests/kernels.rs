@@ -427,6 +427,7 @@ battery! {
     avx2 => Isa::Avx2;
     avx512 => Isa::Avx512;
     neon => Isa::Neon;
+    neon_dotprod => Isa::NeonDotprod;
 }
 
 #[test]

@@ -372,7 +372,9 @@ pub(super) mod imp {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn idot_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, av: __m256i) -> __m256i {
-        _mm256_add_epi32(idot_u8(nibbles(&w.qs), av), _mm256_set1_epi32(-a.isum))
+        // Subtracting a broadcast of Σa (a load) is cheaper than broadcasting −Σa (a scalar
+        // negation moved to a vector register).
+        _mm256_sub_epi32(idot_u8(nibbles(&w.qs), av), _mm256_set1_epi32(a.isum))
     }
 
     q8_family!("avx2,fma,f16c", pub(crate));

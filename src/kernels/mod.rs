@@ -1,7 +1,7 @@
 //! Compute kernels behind a table of function pointers, chosen once at startup for the CPU.
 //!
 //! Every ISA file exports the same functions; `scalar` always compiles and is the reference twin.
-//! `QGPT_ISA=scalar|avx2|avx512|neon` forces a level. Kernels are safe functions over slices of
+//! `QGPT_ISA=scalar|avx2|avx512|neon|neon-dotprod` forces a level. Kernels are safe functions over slices of
 //! blocks; callers pair weight and activation slices of equal length (they zip, so a mismatch can
 //! never read out of bounds).
 
@@ -29,11 +29,19 @@ pub enum Isa {
     Avx512,
     /// aarch64 Advanced SIMD.
     Neon,
+    /// aarch64 Advanced SIMD with the Armv8.2 dot-product instructions (`sdot`).
+    NeonDotprod,
 }
 
 impl Isa {
     /// Every level, lowest first.
-    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+    pub const ALL: [Isa; 5] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Neon,
+        Isa::NeonDotprod,
+    ];
 
     /// The name used by `QGPT_ISA` and in logs.
     pub fn name(self) -> &'static str {
@@ -42,6 +50,7 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
+            Isa::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -62,6 +71,8 @@ impl Isa {
             Isa::Avx512 => avx512::detected(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::detected(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => neon::detected_dotprod(),
             #[allow(unreachable_patterns)]
             _ => false,
         }
@@ -128,7 +139,7 @@ impl fmt::Debug for Kernels {
 /// `QGPT_ISA` named a level that is unknown or that this CPU lacks.
 #[derive(Debug, thiserror::Error)]
 pub enum IsaError {
-    #[error("QGPT_ISA={0:?} is not one of scalar, avx2, avx512, neon")]
+    #[error("QGPT_ISA={0:?} is not one of scalar, avx2, avx512, neon, neon-dotprod")]
     Unknown(String),
     #[error("QGPT_ISA={0}: this CPU does not support it")]
     Unavailable(Isa),
@@ -170,6 +181,8 @@ impl Kernels {
             Isa::Avx512 => avx512::table(),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => neon::table(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => neon::table_dotprod(),
             #[allow(unreachable_patterns)]
             _ => return None,
         })

@@ -1,7 +1,8 @@
 //! NEON kernels (aarch64). Same signatures as `scalar`.
 //!
 //! Integer dot products widen i8 × i8 products to i16 (`smull`/`smlal2`) and pairwise-add them
-//! into i32 (`sadalp`). F16 weights use the scalar conversion: Rust's f16 NEON intrinsics are not
+//! into i32 (`sadalp`); where the CPU has the dot-product extension, a second table uses `sdot`
+//! for the 32-value block formats. F16 weights use the scalar conversion: Rust's f16 NEON intrinsics are not
 //! stable yet.
 
 use std::arch::aarch64::*;
@@ -12,6 +13,27 @@ use crate::quant::{act_scale, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ
 /// True when the CPU has Advanced SIMD (every aarch64 Linux CPU does).
 pub(super) fn detected() -> bool {
     std::arch::is_aarch64_feature_detected!("neon")
+}
+
+/// True when the CPU also has the Armv8.2 dot-product instructions (`sdot`).
+pub(super) fn detected_dotprod() -> bool {
+    detected() && std::arch::is_aarch64_feature_detected!("dotprod")
+}
+
+/// The NEON + dot-product table: `sdot` for Q8_0, Q4_0 and Q4_1. Only
+/// [`super::Kernels::for_isa`] calls it, after [`detected_dotprod`].
+pub(super) fn table_dotprod() -> Kernels {
+    Kernels {
+        isa: Isa::NeonDotprod,
+        dot_q8_0: dot_q8_0_sdot,
+        dot4_q8_0: |w, a| w.map(|w| dot_q8_0_sdot(w, a)),
+        gemm4x4_q8_0: |w, a| w.map(|w| a.map(|a| dot_q8_0_sdot(w, a))),
+        dot_q4_0: dot_q4_0_sdot,
+        dot4_q4_0: |w, a| w.map(|w| dot_q4_0_sdot(w, a)),
+        gemm4x4_q4_0: |w, a| w.map(|w| a.map(|a| dot_q4_0_sdot(w, a))),
+        dot_q4_1: dot_q4_1_sdot,
+        ..table()
+    }
 }
 
 /// The NEON table. Only [`super::Kernels::for_isa`] calls it, after [`detected`].
@@ -37,8 +59,10 @@ pub(super) fn table() -> Kernels {
 macro_rules! safe_entry_points {
     ($($name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)?;)*) => {$(
         fn $name($($arg: $ty),*) $(-> $ret)? {
-            // SAFETY: reachable only through `table()`, which `Kernels::for_isa` calls after
-            // `detected()` confirmed NEON; the implementations only read within their slices.
+            // SAFETY: reachable only through `table()` / `table_dotprod()`, which
+            // `Kernels::for_isa` calls after `detected()` confirmed NEON (and, for the `_sdot`
+            // functions, `detected_dotprod()` the dot-product extension); the implementations
+            // only read within their slices.
             unsafe { imp::$name($($arg),*) }
         }
     )*};
@@ -50,6 +74,9 @@ safe_entry_points! {
     dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
     dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
+    dot_q8_0_sdot(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
+    dot_q4_0_sdot(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
+    dot_q4_1_sdot(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
     dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32;
     dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32;
     dot_f32(a: &[f32], b: &[f32]) -> f32;
@@ -145,43 +172,83 @@ mod imp {
         )
     }
 
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
-        let mut acc = vdupq_n_f32(0.0);
-        for (w, a) in w.iter().zip(a) {
-            let (w0, w1) = load_act(&w.qs);
-            let (a0, a1) = load_act(&a.qs);
-            let p = vcvtq_f32_s32(idot32(w0, w1, a0, a1));
-            acc = vfmaq_n_f32(acc, p, f16(w.d) * a.d);
-        }
-        vaddvq_f32(acc)
+    /// The Q8_0, Q4_0 and Q4_1 dot products over an integer primitive `$idot` (32 signed byte
+    /// pairs → 4 i32 lanes): once with `smull`/`sadalp`, once with `sdot`.
+    macro_rules! q8_family {
+        ($feats:literal, $idot:ident, $q8_0:ident, $q4_0:ident, $q4_1:ident) => {
+            #[target_feature(enable = $feats)]
+            pub(super) fn $q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32 {
+                let mut acc = vdupq_n_f32(0.0);
+                for (w, a) in w.iter().zip(a) {
+                    let (w0, w1) = load_act(&w.qs);
+                    let (a0, a1) = load_act(&a.qs);
+                    let p = vcvtq_f32_s32($idot(w0, w1, a0, a1));
+                    acc = vfmaq_n_f32(acc, p, f16(w.d) * a.d);
+                }
+                vaddvq_f32(acc)
+            }
+
+            #[target_feature(enable = $feats)]
+            pub(super) fn $q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
+                let mut acc = vdupq_n_f32(0.0);
+                let mut offset = 0.0;
+                for (w, a) in w.iter().zip(a) {
+                    let (n0, n1) = nibbles(&w.qs);
+                    let (a0, a1) = load_act(&a.qs);
+                    let d = f16(w.d) * a.d;
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32($idot(n0, n1, a0, a1)), d);
+                    offset += d * (8 * a.isum) as f32;
+                }
+                vaddvq_f32(acc) - offset
+            }
+
+            #[target_feature(enable = $feats)]
+            pub(super) fn $q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
+                let mut acc = vdupq_n_f32(0.0);
+                let mut offset = 0.0;
+                for (w, a) in w.iter().zip(a) {
+                    let (n0, n1) = nibbles(&w.qs);
+                    let (a0, a1) = load_act(&a.qs);
+                    let d = f16(w.d) * a.d;
+                    acc = vfmaq_n_f32(acc, vcvtq_f32_s32($idot(n0, n1, a0, a1)), d);
+                    offset += f16(w.m) * a.d * a.isum as f32;
+                }
+                vaddvq_f32(acc) + offset
+            }
+        };
     }
 
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32 {
-        let mut acc = vdupq_n_f32(0.0);
-        let mut offset = 0.0;
-        for (w, a) in w.iter().zip(a) {
-            let (n0, n1) = nibbles(&w.qs);
-            let (a0, a1) = load_act(&a.qs);
-            let d = f16(w.d) * a.d;
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(idot32(n0, n1, a0, a1)), d);
-            offset += d * (8 * a.isum) as f32;
-        }
-        vaddvq_f32(acc) - offset
-    }
+    q8_family!("neon", idot32, dot_q8_0, dot_q4_0, dot_q4_1);
+    q8_family!(
+        "neon,dotprod",
+        idot32_sdot,
+        dot_q8_0_sdot,
+        dot_q4_0_sdot,
+        dot_q4_1_sdot
+    );
 
-    #[target_feature(enable = "neon")]
-    pub(super) fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
-        let mut acc = vdupq_n_f32(0.0);
-        let mut offset = 0.0;
-        for (w, a) in w.iter().zip(a) {
-            let (n0, n1) = nibbles(&w.qs);
-            let (a0, a1) = load_act(&a.qs);
-            acc = vfmaq_n_f32(acc, vcvtq_f32_s32(idot32(n0, n1, a0, a1)), f16(w.d) * a.d);
-            offset += f16(w.m) * a.d * a.isum as f32;
+    /// Σ w·a over 16 + 16 signed bytes as 4 i32 lanes, with `sdot` (Armv8.2 dot product).
+    /// Rust's `vdotq_s32` is not stable yet, so the instruction is written out.
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    fn idot32_sdot(w0: int8x16_t, w1: int8x16_t, a0: int8x16_t, a1: int8x16_t) -> int32x4_t {
+        let mut acc = vdupq_n_s32(0);
+        // SAFETY: `sdot` only reads and writes the named vector registers; the function's
+        // `dotprod` target feature (checked at runtime before the table is built) makes the
+        // instruction available.
+        unsafe {
+            std::arch::asm!(
+                "sdot {acc:v}.4s, {w0:v}.16b, {a0:v}.16b",
+                "sdot {acc:v}.4s, {w1:v}.16b, {a1:v}.16b",
+                acc = inout(vreg) acc,
+                w0 = in(vreg) w0,
+                a0 = in(vreg) a0,
+                w1 = in(vreg) w1,
+                a1 = in(vreg) a1,
+                options(pure, nomem, nostack),
+            );
         }
-        vaddvq_f32(acc) + offset
+        acc
     }
 
     #[target_feature(enable = "neon")]

@@ -203,3 +203,78 @@ fn bad_arguments_exit_2_with_one_line() {
         assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_kernels_reports_every_shape_as_json() {
+    let s = ok_stdout(&[
+        "bench",
+        "--kernels",
+        "--types",
+        "q4_0",
+        "--no-512",
+        "--reps",
+        "1",
+        "--llc-mib",
+        "1",
+        "--json",
+        "-t",
+        "2",
+    ]);
+    let lines: Vec<Value> = s
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["test"], "read_bandwidth");
+    assert!(lines[0]["gb_s"].as_f64().unwrap() > 0.0);
+    // One line per GPT-2 124M shape.
+    assert_eq!(lines.len(), 1 + 5, "{s}");
+    for r in &lines[1..] {
+        assert_eq!(r["ty"], "Q4_0");
+        assert!(r["batch1_gb_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["batch8_gop_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["bytes"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn an_unknown_isa_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .env("QGPT_ISA", "sse9")
+        .args(["generate", "-m", &path("small-q8_0"), "-p", "x", "-n", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("QGPT_ISA"));
+}
+
+#[test]
+fn forced_scalar_isa_generates_the_same_greedy_text() {
+    let run = |isa: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qgpt"))
+            .env("QGPT_ISA", isa)
+            .args([
+                "generate",
+                "-m",
+                &path("small-f32"),
+                "-p",
+                "Licensed under",
+                "-n",
+                "8",
+                "--temperature",
+                "0",
+                "--ignore-eos",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["ids"].clone()
+    };
+    // F32 weights use float kernels: every level must pick the same greedy tokens.
+    assert_eq!(run("scalar"), run(""));
+}

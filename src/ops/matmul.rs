@@ -50,24 +50,6 @@ pub struct MatmulScratch {
     tmp: Vec<f32>,
 }
 
-/// Dot product of 8 lanes, for f32 · f32 code outside the kernel table (tests, tails).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// `out[j] = W · x[j] + bias` for each of the t rows of `x` (`x`: t × n_in, `out`: t × n_out).
 ///
 /// Panics if `x` or `out` do not match the matrix (an internal invariant: the model sizes its

@@ -1,12 +1,12 @@
-//! The operations of the forward pass, on f32 activations. Plain scalar reference code: the SIMD
-//! kernels that replace the hot ones are checked against these.
+//! The operations of the forward pass, on f32 activations. Matmul and attention scores run on the
+//! compute kernels (`crate::kernels`); LayerNorm, GELU and softmax are still plain scalar code.
 
 mod attention;
 mod matmul;
 mod norm;
 
 pub use attention::causal_attention;
-pub use matmul::{dot, linear, MatmulCtx, MatmulScratch};
+pub use matmul::{linear, MatmulCtx, MatmulScratch};
 pub use norm::layer_norm;
 
 /// GELU, tanh approximation (GPT-2's `gelu_new`), in place.

@@ -18,7 +18,8 @@ pub const SHAPES: [(usize, usize); 5] = [
     (768, 50257),
 ];
 
-/// Weight types benchmarked (Q6_K is built by repeating random blocks: qgpt has no Q6_K quantizer).
+/// Every weight type qgpt computes with (benchmarks build Q6_K from random blocks: qgpt has no
+/// Q6_K quantizer).
 pub const TYPES: [GgmlType; 6] = [
     GgmlType::Q8_0,
     GgmlType::Q4_0,

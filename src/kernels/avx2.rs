@@ -270,6 +270,14 @@ pub(super) mod imp {
     }
     pub(crate) use four_rows;
 
+    /// `acc + f16(dw)·da·p`: one block's integer dot scaled into the float accumulator.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn scale_add(p: __m256i, dw: [u8; 2], da: f32, acc: __m256) -> __m256 {
+        let d = _mm256_mul_ps(f16_splat(dw), _mm256_set1_ps(da));
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    }
+
     /// The Q8_0, Q4_0 and Q4_1 kernels of an ISA level, written once over its integer primitives
     /// (which each level defines): `idot_q8_0(w, a, av)`, `idot_q4_0(w, a, av)` and
     /// `idot_u8(n, av)`, each giving 8 i32 lanes.
@@ -278,12 +286,7 @@ pub(super) mod imp {
         #[inline]
         #[target_feature(enable = $feats)]
         fn block_q8_0(w: &BlockQ8_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-            let p = idot_q8_0(w, a, load32(&a.qs));
-            _mm256_fmadd_ps(
-                _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
-                _mm256_cvtepi32_ps(p),
-                acc,
-            )
+            scale_add(idot_q8_0(w, a, load32(&a.qs)), w.d, a.d, acc)
         }
 
         #[target_feature(enable = $feats)]
@@ -300,12 +303,7 @@ pub(super) mod imp {
         #[inline]
         #[target_feature(enable = $feats)]
         fn block_q4_0(w: &BlockQ4_0, a: &BlockQ8Act, acc: __m256) -> __m256 {
-            let p = idot_q4_0(w, a, load32(&a.qs));
-            _mm256_fmadd_ps(
-                _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d)),
-                _mm256_cvtepi32_ps(p),
-                acc,
-            )
+            scale_add(idot_q4_0(w, a, load32(&a.qs)), w.d, a.d, acc)
         }
 
         #[target_feature(enable = $feats)]

@@ -8,7 +8,7 @@ use std::arch::x86_64::*;
 
 use super::avx2::imp::{
     f16_splat, four_rows, hsum_epi32, hsum_ps, load32, nibbles, q6_chunk, q6_offset, q8_family,
-    two_lanes, PREFETCH_BYTES,
+    scale_add, two_lanes, PREFETCH_BYTES,
 };
 use super::{avx2, Isa, Kernels};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};

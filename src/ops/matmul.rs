@@ -270,14 +270,7 @@ mod tests {
     #[test]
     fn isas_and_exact_path_agree() {
         let mut rng = Rng::new(9);
-        for ty in [
-            GgmlType::Q8_0,
-            GgmlType::Q4_0,
-            GgmlType::Q4_1,
-            GgmlType::Q6_K,
-            GgmlType::F16,
-            GgmlType::F32,
-        ] {
+        for ty in crate::bench::TYPES {
             let (file, w) = random_matrix(&mut rng, ty, 512, 37);
             for t in [1, 3, 17] {
                 let x: Vec<f32> = (0..t * 512).map(|_| rng.next_f32() * 2.0 - 1.0).collect();

@@ -228,6 +228,13 @@ proptest! {
 }
 
 #[test]
+fn big_endian_files_are_named_as_such() {
+    let mut b = base();
+    b[4..8].copy_from_slice(&3u32.to_be_bytes());
+    check("big-endian", b, &["big-endian"]);
+}
+
+#[test]
 fn version_2_files_load_too() {
     // GGUF v2 and v3 share the layout (v3 only allows big-endian files, which qgpt does not read).
     let mut b = base();

@@ -14,6 +14,8 @@ pub enum GgufError {
     },
     #[error("not a GGUF file: magic is {found:?}, expected \"GGUF\"")]
     BadMagic { found: [u8; 4] },
+    #[error("big-endian GGUF file (version {found} byte-swapped): qgpt reads little-endian files")]
+    BigEndian { found: u32 },
     #[error("unsupported GGUF version {found}: qgpt reads versions 2 and 3")]
     UnsupportedVersion { found: u32 },
     #[error("file truncated reading {what}: need {need} bytes at offset {offset}, {have} left")]

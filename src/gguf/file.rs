@@ -223,6 +223,11 @@ fn parse_header(bytes: &[u8]) -> Result<Header, GgufError> {
     }
     let version = cur.u32(&|| "version".into())?;
     if !(2..=3).contains(&version) {
+        if (2..=3).contains(&version.swap_bytes()) {
+            return Err(GgufError::BigEndian {
+                found: version.swap_bytes(),
+            });
+        }
         return Err(GgufError::UnsupportedVersion { found: version });
     }
     let n_tensors = cur.u64(&|| "tensor count".into())?;

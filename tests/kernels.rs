@@ -245,6 +245,23 @@ fn q4_0_terms(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> (Vec<f64>, f64) {
     (terms, mag)
 }
 
+fn q4_1_terms(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> (Vec<f64>, f64) {
+    let mut mag = 0.0;
+    let mut terms = Vec::new();
+    for (w, a) in w.iter().zip(a) {
+        let d = f16v(w.d) * a.d as f64;
+        let m = f16v(w.m) * a.d as f64;
+        let abs: i64 = (0..32)
+            .map(|i| (nib(&w.qs, i) * a.qs[i] as i64).abs())
+            .sum();
+        let asum: i64 = a.qs.iter().map(|&q| (q as i64).abs()).sum();
+        mag += d.abs() * abs as f64 + m.abs() * asum as f64;
+        terms.push(d * idot(|i| nib(&w.qs, i), &a.qs) as f64);
+        terms.push(m * a.isum as f64);
+    }
+    (terms, mag)
+}
+
 /// Four-row and 4 × 4 kernels against the per-pair terms, on the same patterns as single rows.
 fn check_multi(k: &Kernels) {
     let mut rng = Rng::new(6);
@@ -273,14 +290,28 @@ fn check_multi(k: &Kernels) {
             let acts: Vec<Vec<BlockQ8Act>> = (0..4)
                 .map(|_| q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32)))
                 .collect();
+            let rows41: Vec<Vec<BlockQ4_1>> = (0..4)
+                .map(|_| {
+                    (0..nb)
+                        .map(|_| BlockQ4_1 {
+                            d: scale(&mut rng, 5),
+                            m: scale(&mut rng, 4),
+                            qs: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
+                        })
+                        .collect()
+                })
+                .collect();
+            let w41: [&[BlockQ4_1]; 4] = std::array::from_fn(|r| rows41[r].as_slice());
             let w8: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| rows8[r].as_slice());
             let w4: [&[BlockQ4_0]; 4] = std::array::from_fn(|r| rows4[r].as_slice());
             let a: [&[BlockQ8Act]; 4] = std::array::from_fn(|c| acts[c].as_slice());
             let tile8 = (k.gemm4x4_q8_0)(w8, a);
             let tile4 = (k.gemm4x4_q4_0)(w4, a);
+            let tile41 = (k.gemm4x4_q4_1)(w41, a);
             for c in 0..4 {
                 let col8 = (k.dot4_q8_0)(w8, a[c]);
                 let col4 = (k.dot4_q4_0)(w4, a[c]);
+                let col41 = (k.dot4_q4_1)(w41, a[c]);
                 for r in 0..4 {
                     let label = format!("{} nb={nb} pattern={pattern} [{r}][{c}]", k.isa);
                     let (t8, m8) = q8_0_terms(w8[r], a[c]);
@@ -289,6 +320,9 @@ fn check_multi(k: &Kernels) {
                     let (t4, m4) = q4_0_terms(w4[r], a[c]);
                     check_mag(&format!("{label} dot4_q4_0"), col4[r], &t4, m4);
                     check_mag(&format!("{label} gemm4x4_q4_0"), tile4[r][c], &t4, m4);
+                    let (t41, m41) = q4_1_terms(w41[r], a[c]);
+                    check_mag(&format!("{label} dot4_q4_1"), col41[r], &t41, m41);
+                    check_mag(&format!("{label} gemm4x4_q4_1"), tile41[r][c], &t41, m41);
                 }
             }
         }

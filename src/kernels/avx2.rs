@@ -29,6 +29,8 @@ pub(super) fn table() -> Kernels {
         dot_q4_0,
         dot4_q4_0,
         gemm4x4_q4_0: |w, a| transpose(a.map(|a| dot4_q4_0(w, a))),
+        dot4_q4_1: |w, a| w.map(|w| dot_q4_1(w, a)),
+        gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| dot_q4_1(w, a))),
         dot_q4_1,
         dot_q6_k,
         dot_f16,

@@ -34,6 +34,8 @@ pub(super) fn table() -> Kernels {
         dot_q4_0,
         dot4_q4_0,
         gemm4x4_q4_0,
+        dot4_q4_1: |w, a| w.map(|w| dot_q4_1(w, a)),
+        gemm4x4_q4_1,
         dot_q4_1,
         dot_q6_k,
         // 512-bit float FMAs run as two 256-bit halves on Zen 4: AVX2's float dots do as well.
@@ -59,6 +61,7 @@ safe_entry_points! {
     dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
     gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
+    gemm4x4_q4_1(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
     dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
     dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
@@ -150,7 +153,7 @@ mod imp {
     /// accumulators, 4 weight and 4 scale registers fit the 32 vector registers. An odd last
     /// block goes through the single-row kernel.
     macro_rules! tile4x4 {
-        ($w:expr, $a:expr, $prep_w:ident, $k:expr, $dot:ident) => {{
+        ($w:expr, $a:expr, $prep_w:ident, $k:expr, $dot:ident $(, min: $min:ident)?) => {{
             let (w, a) = ($w, $a);
             let n = w
                 .iter()
@@ -175,6 +178,10 @@ mod imp {
                     std::array::from_fn(|r| join_i($prep_w(&w[r][b]), $prep_w(&w[r][b + 1])));
                 let wd: [__m512; 4] =
                     std::array::from_fn(|r| join_f(f16_splat(w[r][b].d), f16_splat(w[r][b + 1].d)));
+                // Formats with a per-block minimum (Q4_1) add m·da·Σa: the minima of the rows...
+                $(let wm: [__m512; 4] = std::array::from_fn(|r| {
+                    join_f(f16_splat(w[r][b].$min), f16_splat(w[r][b + 1].$min))
+                });)?
                 for c in 0..4 {
                     let (a0, a1) = (&a[c][b], &a[c][b + 1]);
                     let av = join_i(load32(&a0.qs), load32(&a1.qs));
@@ -183,9 +190,17 @@ mod imp {
                         _mm256_set1_epi32(-($k / 8) * a1.isum),
                     );
                     let da = join_f(_mm256_set1_ps(a0.d), _mm256_set1_ps(a1.d));
+                    // ...times da·Σa / 8 per lane (8 lanes a block) of this activation.
+                    $(let _ = stringify!($min);
+                    let sums = join_f(
+                        _mm256_set1_ps(a0.d * a0.isum as f32 / 8.0),
+                        _mm256_set1_ps(a1.d * a1.isum as f32 / 8.0),
+                    );)?
                     for r in 0..4 {
                         let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, wq[r], av));
                         acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(wd[r], da), p, acc[r][c]);
+                        $(let _ = stringify!($min);
+                        acc[r][c] = _mm512_fmadd_ps(wm[r], sums, acc[r][c]);)?
                     }
                 }
                 b += 2;
@@ -226,6 +241,19 @@ mod imp {
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
         tile4x4!(w, a, q4_0_unsigned, 8, dot_q4_0)
+    }
+
+    /// Q4_1 nibbles, unsigned.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn q4_1_unsigned(w: &BlockQ4_1) -> __m256i {
+        nibbles(&w.qs)
+    }
+
+    /// d·da·Σ n·a + m·da·Σa.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn gemm4x4_q4_1(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
+        tile4x4!(w, a, q4_1_unsigned, 0, dot_q4_1, min: m)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]

@@ -118,6 +118,10 @@ pub struct Kernels {
     pub dot4_q4_0: Dot4Fn<BlockQ4_0, BlockQ8Act>,
     /// 4 × 4 tile of Q4_0 rows · Q8 activations.
     pub gemm4x4_q4_0: Gemm4x4Fn<BlockQ4_0, BlockQ8Act>,
+    /// Four Q4_1 rows · Q8 activations.
+    pub dot4_q4_1: Dot4Fn<BlockQ4_1, BlockQ8Act>,
+    /// 4 × 4 tile of Q4_1 rows · Q8 activations.
+    pub gemm4x4_q4_1: Gemm4x4Fn<BlockQ4_1, BlockQ8Act>,
     /// Q4_1 · Q8 activations.
     pub dot_q4_1: DotFn<BlockQ4_1, BlockQ8Act>,
     /// Q6_K · Q8_K activations.
@@ -158,6 +162,8 @@ impl Kernels {
             dot_q4_0: scalar::dot_q4_0,
             dot4_q4_0: scalar::dot4_q4_0,
             gemm4x4_q4_0: scalar::gemm4x4_q4_0,
+            dot4_q4_1: |w, a| w.map(|w| scalar::dot_q4_1(w, a)),
+            gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| scalar::dot_q4_1(w, a))),
             dot_q4_1: scalar::dot_q4_1,
             dot_q6_k: scalar::dot_q6_k,
             dot_f16: scalar::dot_f16,

@@ -32,6 +32,8 @@ pub(super) fn table_dotprod() -> Kernels {
         dot4_q4_0: |w, a| w.map(|w| dot_q4_0_sdot(w, a)),
         gemm4x4_q4_0: |w, a| w.map(|w| a.map(|a| dot_q4_0_sdot(w, a))),
         dot_q4_1: dot_q4_1_sdot,
+        dot4_q4_1: |w, a| w.map(|w| dot_q4_1_sdot(w, a)),
+        gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| dot_q4_1_sdot(w, a))),
         ..table()
     }
 }
@@ -49,6 +51,8 @@ pub(super) fn table() -> Kernels {
         dot4_q4_0: |w, a| w.map(|w| dot_q4_0(w, a)),
         gemm4x4_q4_0: |w, a| w.map(|w| a.map(|a| dot_q4_0(w, a))),
         dot_q4_1,
+        dot4_q4_1: |w, a| w.map(|w| dot_q4_1(w, a)),
+        gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| dot_q4_1(w, a))),
         dot_q6_k,
         dot_f16: scalar::dot_f16,
         dot_f32_bytes,

@@ -90,7 +90,10 @@ pub fn linear(
                     let fns = (k.dot_q4_0, Some((k.dot4_q4_0, k.gemm4x4_q4_0)));
                     rows(file, w, &s.q8, nb, fns, dst)
                 }
-                _ => rows(file, w, &s.q8, nb, (k.dot_q4_1, None), dst),
+                _ => {
+                    let fns = (k.dot_q4_1, Some((k.dot4_q4_1, k.gemm4x4_q4_1)));
+                    rows(file, w, &s.q8, nb, fns, dst)
+                }
             }
         }
         GgmlType::Q6_K => {

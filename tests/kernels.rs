@@ -10,7 +10,10 @@
 
 use half::f16;
 use qgpt::kernels::{Isa, Kernels};
-use qgpt::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
+use qgpt::quant::{
+    BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8Quad, BlockQ8_0, BlockQ8x4,
+    BlockW16, GgmlType, W16Source,
+};
 use qgpt::sampling::Rng;
 
 /// Values of the block-scale regimes the battery mixes: random, zero, tiny, large.
@@ -83,7 +86,7 @@ fn idot(w: impl Fn(usize) -> i64, a: &[i8]) -> i64 {
 }
 
 /// Block counts: one block, odd counts, a realistic row.
-const BLOCKS: [usize; 5] = [1, 3, 7, 33, 96];
+const BLOCKS: [usize; 6] = [1, 3, 4, 7, 33, 96];
 
 /// Weight-quant pattern: random bytes, or the extremes 0x00 / 0xFF / 0x80 / 0x7F.
 fn wbytes(rng: &mut Rng, pattern: usize) -> u8 {
@@ -329,6 +332,162 @@ fn check_multi(k: &Kernels) {
     }
 }
 
+/// `n` random weight rows of `nb` blocks in `pattern`, built by `block(d, m, byte)`.
+fn weight_rows<W>(
+    rng: &mut Rng,
+    n: usize,
+    nb: usize,
+    pattern: usize,
+    block: impl Fn([u8; 2], [u8; 2], &mut dyn FnMut() -> u8) -> W,
+) -> Vec<Vec<W>> {
+    (0..n)
+        .map(|_| {
+            (0..nb)
+                .map(|_| {
+                    let (d, m) = (scale(rng, 5), scale(rng, 4));
+                    block(d, m, &mut || wbytes(rng, pattern))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn q8_0_rows(rng: &mut Rng, n: usize, nb: usize, pattern: usize) -> Vec<Vec<BlockQ8_0>> {
+    weight_rows(rng, n, nb, pattern, |d, _, b| BlockQ8_0 {
+        d,
+        qs: std::array::from_fn(|_| b() as i8),
+    })
+}
+
+fn q4_0_rows(rng: &mut Rng, n: usize, nb: usize, pattern: usize) -> Vec<Vec<BlockQ4_0>> {
+    weight_rows(rng, n, nb, pattern, |d, _, b| BlockQ4_0 {
+        d,
+        qs: std::array::from_fn(|_| b()),
+    })
+}
+
+fn q4_1_rows(rng: &mut Rng, n: usize, nb: usize, pattern: usize) -> Vec<Vec<BlockQ4_1>> {
+    weight_rows(rng, n, nb, pattern, |d, m, b| BlockQ4_1 {
+        d,
+        m,
+        qs: std::array::from_fn(|_| b()),
+    })
+}
+
+/// The per-pair terms of a weight type (see `q8_0_terms`).
+type Terms<W> = fn(&[W], &[BlockQ8Act]) -> (Vec<f64>, f64);
+
+/// Panels (4 weight rows × 1..4 groups of 4 interleaved activation rows, the last group short)
+/// and 16 × 8 tiles over regrouped weights (the last columns padded with zero rows), against the
+/// per-pair terms.
+fn check_batched<W: W16Source>(
+    k: &Kernels,
+    ty: GgmlType,
+    rows: &[Vec<W>],
+    acts: &[Vec<BlockQ8Act>],
+    panel: Option<qgpt::kernels::GemmPanelFn<W>>,
+    terms: Terms<W>,
+    label: &str,
+) {
+    let nb = acts[0].len();
+    let offset = BlockQ8x4::offset(ty).expect("panel type");
+    if let Some(panel) = panel {
+        let w: [&[W]; 4] = std::array::from_fn(|r| rows[r].as_slice());
+        for groups in 1..=4 {
+            // The last group holds fewer than four rows when the activations run out.
+            let packed: Vec<Vec<BlockQ8x4>> = (0..groups)
+                .map(|g| {
+                    let cols: Vec<&[BlockQ8Act]> = acts
+                        .iter()
+                        .skip(4 * g)
+                        .take(4)
+                        .map(|a| a.as_slice())
+                        .collect();
+                    let mut p = vec![BlockQ8x4::default(); nb];
+                    BlockQ8x4::pack(&cols, offset, &mut p);
+                    p
+                })
+                .collect();
+            let ga: Vec<&[BlockQ8x4]> = packed.iter().map(|p| p.as_slice()).collect();
+            let mut out = [[f32::NAN; 16]; 4];
+            panel(w, &ga, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                for (j, &v) in o.iter().enumerate().take(4 * groups) {
+                    let want = match acts.get(j) {
+                        Some(a) => terms(w[r], a),
+                        None => (vec![0.0], 0.0),
+                    };
+                    check_mag(
+                        &format!("{label} panel g={groups} [{r}][{j}]"),
+                        v,
+                        &want.0,
+                        want.1,
+                    );
+                }
+                assert!(
+                    o[4 * groups..].iter().all(|v| v.is_nan()),
+                    "{label}: wrote past its groups"
+                );
+            }
+        }
+    }
+    if let Some(gemm) = k.gemm16 {
+        let w: [&[W]; 16] = std::array::from_fn(|r| rows[r].as_slice());
+        let mut p = vec![BlockW16::default(); nb];
+        BlockW16::pack(w, &mut p);
+        let zeros = vec![BlockQ8Act::default(); nb];
+        let cols: [&[BlockQ8Act]; 8] =
+            std::array::from_fn(|c| acts.get(c).map_or(zeros.as_slice(), |a| a.as_slice()));
+        let mut out = [[f32::NAN; 16]; 8];
+        gemm(W::KIND, &p, cols, &mut out);
+        for (c, o) in out.iter().enumerate() {
+            for (r, &v) in o.iter().enumerate() {
+                let (t, m) = terms(w[r], cols[c]);
+                check_mag(&format!("{label} gemm16 [{c}][{r}]"), v, &t, m);
+            }
+        }
+    }
+}
+
+/// The kernels over interleaved activations or regrouped weights, where the level has them.
+fn check_interleaved(k: &Kernels) {
+    let mut rng = Rng::new(8);
+    for nb in BLOCKS {
+        for pattern in 0..5 {
+            // 14 activation rows: three full groups and a short one; 16 weight rows.
+            let acts: Vec<Vec<BlockQ8Act>> = (0..14)
+                .map(|_| q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32)))
+                .collect();
+            let label = format!("{} nb={nb} pattern={pattern}", k.isa);
+            let r8 = q8_0_rows(&mut rng, 16, nb, pattern);
+            let l8 = format!("{label} q8_0");
+            check_batched(k, GgmlType::Q8_0, &r8, &acts, k.panel_q8_0, q8_0_terms, &l8);
+            let r4 = q4_0_rows(&mut rng, 16, nb, pattern);
+            let l4 = format!("{label} q4_0");
+            check_batched(k, GgmlType::Q4_0, &r4, &acts, k.panel_q4_0, q4_0_terms, &l4);
+            let r41 = q4_1_rows(&mut rng, 16, nb, pattern);
+            let l41 = format!("{label} q4_1");
+            check_batched(
+                k,
+                GgmlType::Q4_1,
+                &r41,
+                &acts,
+                k.panel_q4_1,
+                q4_1_terms,
+                &l41,
+            );
+            if let (Some(quad), 0) = (k.dot_q4_0_quad, nb % 4) {
+                let mut q = vec![BlockQ8Quad::default(); nb / 4];
+                BlockQ8Quad::pack(&acts[0], 8, &mut q);
+                for (r, w) in r4.iter().enumerate() {
+                    let (t, m) = q4_0_terms(w, &acts[0]);
+                    check_mag(&format!("{label} dot_q4_0_quad [{r}]"), quad(w, &q), &t, m);
+                }
+            }
+        }
+    }
+}
+
 fn check_q6_k(k: &Kernels) {
     let mut rng = Rng::new(4);
     for nb in [1, 3, 12] {
@@ -446,6 +605,11 @@ macro_rules! battery {
             #[test]
             fn four_row_and_tile_kernels() {
                 if let Some(k) = kernels() { check_multi(&k) }
+            }
+
+            #[test]
+            fn panel_quad_and_gemm16_kernels() {
+                if let Some(k) = kernels() { check_interleaved(&k) }
             }
 
             #[test]

@@ -3,9 +3,11 @@
 
 mod bandwidth;
 mod kernels;
+mod peak;
 
 pub use bandwidth::read_bandwidth;
 pub use kernels::{bench_matmul, KernelResult, SHAPES, TYPES};
+pub use peak::int8_peak_gop_s;
 
 use std::time::{Duration, Instant};
 

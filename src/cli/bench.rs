@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{init_threads, print_flush, CliError};
-use qgpt::bench::{bench_matmul, read_bandwidth, SHAPES, TYPES};
+use qgpt::bench::{bench_matmul, int8_peak_gop_s, read_bandwidth, SHAPES, TYPES};
 use qgpt::kernels;
 
 /// Arguments of `qgpt bench`.
@@ -52,41 +52,57 @@ pub fn run(args: Args) -> Result<(), CliError> {
         }
     }
     let bw = bw_before.max(read_bandwidth(bw_size, 10));
+    let peak = int8_peak_gop_s(k.isa, 5);
+    let pct_peak = |gop: f64| peak.map_or("-".to_string(), |p| format!("{:.0} %", 100.0 * gop / p));
 
     let mut s = String::new();
     if args.json {
         let line = serde_json::json!({"test": "read_bandwidth", "threads": threads, "gb_s": bw});
+        writeln!(s, "{line}")?;
+        let line = serde_json::json!({"test": "int8_peak", "threads": threads, "gop_s": peak});
         writeln!(s, "{line}")?;
         for r in &results {
             let mut v = serde_json::to_value(r)?;
             v["isa"] = k.isa.name().into();
             v["threads"] = threads.into();
             v["read_bw_gb_s"] = bw.into();
+            v["int8_peak_gop_s"] = peak.into();
             writeln!(s, "{v}")?;
         }
         return print_flush(&s);
     }
+    let peak_text = peak.map_or("not measured for this level".to_string(), |p| {
+        format!("{p:.0} GOP/s (512-bit vpdpbusd, best of 5)")
+    });
     writeln!(
         s,
         "isa: {}, threads: {threads}, read bandwidth: {bw:.1} GB/s (best of 10, twice); \
-         kernels: median of {}",
+         int8 peak: {peak_text}; kernels: median of {}",
         k.isa, args.reps
     )?;
     writeln!(s)?;
     writeln!(
         s,
-        "| type | shape (in × out) | MiB | batch 1 GB/s | % of read bw | batch 8 GOP/s | batch 512 GOP/s |"
+        "| type | shape (in × out) | MiB | batch 1 GB/s | % of read bw | batch 8 GOP/s | \
+         batch 512 GOP/s | % of int8 peak |"
     )?;
-    writeln!(s, "|---|---|---:|---:|---:|---:|---:|")?;
+    writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|")?;
     for r in &results {
-        let b512 = if args.no_512 {
-            "-".to_string()
+        let (b512, p512) = if args.no_512 {
+            ("-".to_string(), "-".to_string())
         } else {
-            format!("{:.1}", r.batch512_gop_s)
+            // Float types are not held to the integer peak.
+            let int = !matches!(r.ty.as_str(), "F16" | "F32");
+            let pct = if int {
+                pct_peak(r.batch512_gop_s)
+            } else {
+                "-".to_string()
+            };
+            (format!("{:.1}", r.batch512_gop_s), pct)
         };
         writeln!(
             s,
-            "| {} | {} × {} | {:.2} | {:.1} | {:.0} % | {:.1} | {b512} |",
+            "| {} | {} × {} | {:.2} | {:.1} | {:.0} % | {:.1} | {b512} | {p512} |",
             r.ty,
             r.n_in,
             r.n_out,

@@ -30,13 +30,19 @@ pub(super) fn table() -> Kernels {
         quantize_q8k: avx2::quantize_q8k,
         dot_q8_0,
         dot4_q8_0,
-        gemm4x4_q8_0,
+        // Matmul runs batches on the panels below; the 4 × 4 tiles are four-row calls.
+        gemm4x4_q8_0: |w, a| avx2::transpose(a.map(|a| dot4_q8_0(w, a))),
         dot_q4_0,
         dot4_q4_0,
-        gemm4x4_q4_0,
+        gemm4x4_q4_0: |w, a| avx2::transpose(a.map(|a| dot4_q4_0(w, a))),
         dot4_q4_1: |w, a| w.map(|w| dot_q4_1(w, a)),
-        gemm4x4_q4_1,
+        gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| dot_q4_1(w, a))),
         dot_q4_1,
+        dot_q4_0_quad: Some(super::avx512_interleaved::dot_q4_0_quad),
+        gemm16: Some(super::avx512_interleaved::gemm16),
+        panel_q8_0: Some(super::avx512_interleaved::panel_q8_0),
+        panel_q4_0: Some(super::avx512_interleaved::panel_q4_0),
+        panel_q4_1: Some(super::avx512_interleaved::panel_q4_1),
         dot_q6_k,
         // 512-bit float FMAs run as two 256-bit halves on Zen 4: AVX2's float dots do as well.
         dot_f16: avx2::dot_f16,
@@ -59,9 +65,6 @@ macro_rules! safe_entry_points {
 safe_entry_points! {
     dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8Act]) -> f32;
     dot4_q8_0(w: [&[BlockQ8_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
-    gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
-    gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
-    gemm4x4_q4_1(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4];
     dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8Act]) -> f32;
     dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
@@ -108,153 +111,6 @@ mod imp {
     }
 
     q8_family!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pub(super));
-
-    /// Two 256-bit halves as one 512-bit vector.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn join_i(lo: __m256i, hi: __m256i) -> __m512i {
-        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-    }
-
-    /// Two 256-bit halves as one 512-bit vector.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn join_f(lo: __m256, hi: __m256) -> __m512 {
-        let lo = _mm512_castpd256_pd512(_mm256_castps_pd(lo));
-        _mm512_castpd_ps(_mm512_insertf64x4::<1>(lo, _mm256_castps_pd(hi)))
-    }
-
-    /// The horizontal sums of four vectors at once (cheaper than four separate reductions).
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn sum4(v: [__m512; 4]) -> [f32; 4] {
-        let half = v.map(|x| {
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
-            _mm256_add_ps(_mm512_castps512_ps256(x), hi)
-        });
-        let h = _mm256_hadd_ps(
-            _mm256_hadd_ps(half[0], half[1]),
-            _mm256_hadd_ps(half[2], half[3]),
-        );
-        let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-        let mut out = [0.0f32; 4];
-        // SAFETY: `out` has room for the four floats stored.
-        unsafe { _mm_storeu_ps(out.as_mut_ptr(), q) };
-        out
-    }
-
-    /// The 4 × 4 tile loop, two blocks per 512-bit vector (the lower half holds block b, the
-    /// upper half block b + 1).
-    ///
-    /// Weights enter `vpdpbusd` as unsigned bytes (`$prep_w`: Q8_0 quants + 128, or Q4_0
-    /// nibbles) against signed activations. The activation side's offset, −`$k`·Σa per block,
-    /// starts the lanes (8 lanes a block, −`$k`/8·Σa each), so each of the 16 pairs costs one
-    /// `vpdpbusd`, one conversion, one scale product and one FMA per two blocks. The 16
-    /// accumulators, 4 weight and 4 scale registers fit the 32 vector registers. An odd last
-    /// block goes through the single-row kernel.
-    macro_rules! tile4x4 {
-        ($w:expr, $a:expr, $prep_w:ident, $k:expr, $dot:ident $(, min: $min:ident)?) => {{
-            let (w, a) = ($w, $a);
-            let n = w
-                .iter()
-                .map(|r| r.len())
-                .chain(a.iter().map(|c| c.len()))
-                .min()
-                .unwrap_or(0);
-            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
-            let mut b = 0;
-            while b + 2 <= n {
-                // Four interleaved row streams defeat the hardware prefetcher on weights that
-                // come from DRAM; ask for each row's bytes ahead explicitly.
-                for row in w.iter() {
-                    let p = row
-                        .as_ptr()
-                        .wrapping_add(b)
-                        .cast::<i8>()
-                        .wrapping_add(PREFETCH_BYTES);
-                    _mm_prefetch::<_MM_HINT_T0>(p);
-                }
-                let wq: [__m512i; 4] =
-                    std::array::from_fn(|r| join_i($prep_w(&w[r][b]), $prep_w(&w[r][b + 1])));
-                let wd: [__m512; 4] =
-                    std::array::from_fn(|r| join_f(f16_splat(w[r][b].d), f16_splat(w[r][b + 1].d)));
-                // Formats with a per-block minimum (Q4_1) add m·da·Σa: the minima of the rows...
-                $(let wm: [__m512; 4] = std::array::from_fn(|r| {
-                    join_f(f16_splat(w[r][b].$min), f16_splat(w[r][b + 1].$min))
-                });)?
-                for c in 0..4 {
-                    let (a0, a1) = (&a[c][b], &a[c][b + 1]);
-                    let av = join_i(load32(&a0.qs), load32(&a1.qs));
-                    let init = join_i(
-                        _mm256_set1_epi32(-($k / 8) * a0.isum),
-                        _mm256_set1_epi32(-($k / 8) * a1.isum),
-                    );
-                    let da = join_f(_mm256_set1_ps(a0.d), _mm256_set1_ps(a1.d));
-                    // ...times da·Σa / 8 per lane (8 lanes a block) of this activation.
-                    $(let _ = stringify!($min);
-                    let sums = join_f(
-                        _mm256_set1_ps(a0.d * a0.isum as f32 / 8.0),
-                        _mm256_set1_ps(a1.d * a1.isum as f32 / 8.0),
-                    );)?
-                    for r in 0..4 {
-                        let p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(init, wq[r], av));
-                        acc[r][c] = _mm512_fmadd_ps(_mm512_mul_ps(wd[r], da), p, acc[r][c]);
-                        $(let _ = stringify!($min);
-                        acc[r][c] = _mm512_fmadd_ps(wm[r], sums, acc[r][c]);)?
-                    }
-                }
-                b += 2;
-            }
-            let mut out = acc.map(|row| sum4(row));
-            if b < n {
-                for (r, row) in out.iter_mut().enumerate() {
-                    for (c, v) in row.iter_mut().enumerate() {
-                        *v += $dot(&w[r][b..b + 1], &a[c][b..b + 1]);
-                    }
-                }
-            }
-            out
-        }};
-    }
-
-    /// Q8_0 quants as unsigned bytes: q + 128.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn q8_0_unsigned(w: &BlockQ8_0) -> __m256i {
-        _mm256_xor_si256(load32(&w.qs), _mm256_set1_epi8(-128))
-    }
-
-    /// Q4_0 nibbles, unsigned.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn q4_0_unsigned(w: &BlockQ4_0) -> __m256i {
-        nibbles(&w.qs)
-    }
-
-    /// Σ (w + 128)·a − 128·Σa = Σ w·a.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn gemm4x4_q8_0(w: [&[BlockQ8_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
-        tile4x4!(w, a, q8_0_unsigned, 128, dot_q8_0)
-    }
-
-    /// Σ n·a − 8·Σa = Σ (n − 8)·a.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn gemm4x4_q4_0(w: [&[BlockQ4_0]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
-        tile4x4!(w, a, q4_0_unsigned, 8, dot_q4_0)
-    }
-
-    /// Q4_1 nibbles, unsigned.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    fn q4_1_unsigned(w: &BlockQ4_1) -> __m256i {
-        nibbles(&w.qs)
-    }
-
-    /// d·da·Σ n·a + m·da·Σa.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) fn gemm4x4_q4_1(w: [&[BlockQ4_1]; 4], a: [&[BlockQ8Act]; 4]) -> [[f32; 4]; 4] {
-        tile4x4!(w, a, q4_1_unsigned, 0, dot_q4_1, min: m)
-    }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {

@@ -9,6 +9,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512_interleaved;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod scalar;
@@ -16,7 +18,10 @@ pub mod scalar;
 use std::fmt;
 use std::sync::OnceLock;
 
-use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
+use crate::quant::{
+    BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8Quad, BlockQ8_0, BlockQ8x4,
+    BlockW16, W16Kind,
+};
 
 /// An instruction-set level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,6 +102,15 @@ pub type Dot4Fn<W, A> = fn([&[W]; 4], &[A]) -> [f32; 4];
 /// four weight rows (prefill and batched decode).
 pub type Gemm4x4Fn<W, A> = fn([&[W]; 4], [&[A]; 4]) -> [[f32; 4]; 4];
 
+/// A panel: four weight rows against up to four groups of four interleaved activation rows
+/// ([`BlockQ8x4`], packed with the weight type's offset), `out[r][4g + c] = W[r] · A[g][c]`.
+/// Entries for groups not given are left as they were. Panics on more than four groups.
+pub type GemmPanelFn<W> = fn([&[W]; 4], &[&[BlockQ8x4]], &mut [[f32; 16]; 4]);
+
+/// Sixteen regrouped weight rows ([`BlockW16`]) against eight activation rows:
+/// `out[c][r] = W[r] · A[c]` over the blocks both sides have.
+pub type Gemm16Fn = fn(W16Kind, &[BlockW16], [&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
+
 /// The kernels of one ISA level.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -124,6 +138,17 @@ pub struct Kernels {
     pub gemm4x4_q4_1: Gemm4x4Fn<BlockQ4_1, BlockQ8Act>,
     /// Q4_1 · Q8 activations.
     pub dot_q4_1: DotFn<BlockQ4_1, BlockQ8Act>,
+    /// Q4_0 · quads of activation blocks (`w.len() == 4 · a.len()`), where the level has it:
+    /// the batch-1 kernel for rows of whole quads.
+    pub dot_q4_0_quad: Option<DotFn<BlockQ4_0, BlockQ8Quad>>,
+    /// 16 × 8 tiles over regrouped weights (large batches), where the level has them.
+    pub gemm16: Option<Gemm16Fn>,
+    /// Q8_0 panel, where the level has one (matmul falls back to the 4 × 4 tiles).
+    pub panel_q8_0: Option<GemmPanelFn<BlockQ8_0>>,
+    /// Q4_0 panel, where the level has one.
+    pub panel_q4_0: Option<GemmPanelFn<BlockQ4_0>>,
+    /// Q4_1 panel, where the level has one.
+    pub panel_q4_1: Option<GemmPanelFn<BlockQ4_1>>,
     /// Q6_K · Q8_K activations.
     pub dot_q6_k: DotFn<BlockQ6K, BlockQ8K>,
     /// F16 weights · f32 activations.
@@ -165,6 +190,11 @@ impl Kernels {
             dot4_q4_1: |w, a| w.map(|w| scalar::dot_q4_1(w, a)),
             gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| scalar::dot_q4_1(w, a))),
             dot_q4_1: scalar::dot_q4_1,
+            dot_q4_0_quad: Some(scalar::dot_q4_0_quad),
+            gemm16: Some(scalar::gemm16),
+            panel_q8_0: Some(scalar::panel_q8_0),
+            panel_q4_0: Some(scalar::panel_q4_0),
+            panel_q4_1: Some(scalar::panel_q4_1),
             dot_q6_k: scalar::dot_q6_k,
             dot_f16: scalar::dot_f16,
             dot_f32_bytes: scalar::dot_f32_bytes,

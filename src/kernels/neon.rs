@@ -53,6 +53,12 @@ pub(super) fn table() -> Kernels {
         dot_q4_1,
         dot4_q4_1: |w, a| w.map(|w| dot_q4_1(w, a)),
         gemm4x4_q4_1: |w, a| w.map(|w| a.map(|a| dot_q4_1(w, a))),
+        // No interleaved-activation kernels yet: matmul uses the per-block kernels.
+        dot_q4_0_quad: None,
+        gemm16: None,
+        panel_q8_0: None,
+        panel_q4_0: None,
+        panel_q4_1: None,
         dot_q6_k,
         dot_f16: scalar::dot_f16,
         dot_f32_bytes,

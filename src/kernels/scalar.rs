@@ -1,7 +1,8 @@
 //! Scalar kernels: the portable fallback and the reference twin of every SIMD kernel.
 
 use crate::quant::{
-    act_quant, act_scale, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0,
+    act_quant, act_scale, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8Quad,
+    BlockQ8_0, BlockQ8x4, BlockW16, W16Kind,
 };
 
 #[inline]
@@ -100,6 +101,101 @@ pub fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32 {
         sum += f16(w.d) * a.d * i as f32 + f16(w.m) * a.d * a.isum as f32;
     }
     sum
+}
+
+/// The 32 quants of row c of an interleaved activation block.
+fn column(p: &BlockQ8x4, c: usize) -> [i8; 32] {
+    std::array::from_fn(|i| p.qs[16 * (i / 4) + 4 * c + i % 4])
+}
+
+/// The panel loop of the reference twins: `out[r][4g + c] = Σ_b block(w[r][b], a[g][b], c)`.
+fn panel<W>(
+    w: [&[W]; 4],
+    a: &[&[BlockQ8x4]],
+    out: &mut [[f32; 16]; 4],
+    block: impl Fn(&W, &BlockQ8x4, usize) -> f32,
+) {
+    assert!(a.len() <= 4, "at most four activation groups per panel");
+    for (r, w) in w.iter().enumerate() {
+        for (g, a) in a.iter().enumerate() {
+            for c in 0..4 {
+                out[r][4 * g + c] = w.iter().zip(*a).map(|(w, a)| block(w, a, c)).sum();
+            }
+        }
+    }
+}
+
+/// Q8_0 panel: the quants enter as q + 128, and the packed bias (−128·Σa) takes it back out.
+pub fn panel_q8_0(w: [&[BlockQ8_0]; 4], a: &[&[BlockQ8x4]], out: &mut [[f32; 16]; 4]) {
+    panel(w, a, out, |w, a, c| {
+        let q = column(a, c);
+        let i: i32 =
+            w.qs.iter()
+                .zip(q)
+                .map(|(&x, y)| (x as i32 + 128) * y as i32)
+                .sum();
+        f16(w.d) * a.d[c] * (i + a.bias[c]) as f32
+    })
+}
+
+/// Q4_0 panel: nibbles n = q + 8 enter as they are; the packed bias is −8·Σa.
+pub fn panel_q4_0(w: [&[BlockQ4_0]; 4], a: &[&[BlockQ8x4]], out: &mut [[f32; 16]; 4]) {
+    panel(w, a, out, |w, a, c| {
+        let i = idot32(&nibbles(&w.qs), &column(a, c)) + a.bias[c];
+        f16(w.d) * a.d[c] * i as f32
+    })
+}
+
+/// Q4_1 panel: d·da·Σ n·a + m·(da·Σa).
+pub fn panel_q4_1(w: [&[BlockQ4_1]; 4], a: &[&[BlockQ8x4]], out: &mut [[f32; 16]; 4]) {
+    panel(w, a, out, |w, a, c| {
+        let i = idot32(&nibbles(&w.qs), &column(a, c)) + a.bias[c];
+        f16(w.d) * a.d[c] * i as f32 + f16(w.m) * a.ds[c]
+    })
+}
+
+/// Q4_0 row against quads of activation blocks (`w.len() == 4 · a.len()`, else panics): the
+/// nibbles n = q + 8 enter as they are and the quads' lane biases (−2·Σa each) take the 8 out.
+pub fn dot_q4_0_quad(w: &[BlockQ4_0], a: &[BlockQ8Quad]) -> f32 {
+    assert_eq!(
+        w.len(),
+        4 * a.len(),
+        "four weight blocks per activation quad"
+    );
+    let mut sum = 0.0;
+    for (w, a) in w.chunks_exact(4).zip(a) {
+        for (i, w) in w.iter().enumerate() {
+            let q: [i8; 32] = std::array::from_fn(|j| {
+                if j < 16 {
+                    a.lo[16 * i + j]
+                } else {
+                    a.hi[16 * i + j - 16]
+                }
+            });
+            let bias: i32 = a.bias[4 * i..][..4].iter().sum();
+            sum += f16(w.d) * a.d[4 * i] * (idot32(&nibbles(&w.qs), &q) + bias) as f32;
+        }
+    }
+    sum
+}
+
+/// 16 × 8 tile over regrouped weights: per block, d·da·(Σ u·a − offset·Σa) + m·da·Σa.
+pub fn gemm16(kind: W16Kind, w: &[BlockW16], a: [&[BlockQ8Act]; 8], out: &mut [[f32; 16]; 8]) {
+    for (o, a) in out.iter_mut().zip(a) {
+        for (r, o) in o.iter_mut().enumerate() {
+            *o = w
+                .iter()
+                .zip(a)
+                .map(|(w, a)| {
+                    let i: i32 = (0..32)
+                        .map(|j| w.q[j / 4][4 * r + j % 4] as i32 * a.qs[j] as i32)
+                        .sum();
+                    let i = i - kind.offset() * a.isum;
+                    w.d[r] * a.d * i as f32 + w.m[r] * a.d * a.isum as f32
+                })
+                .sum();
+        }
+    }
 }
 
 /// Q6_K: value = d·sc[g]·(q − 32) per group g of 16.

@@ -2,8 +2,12 @@
 //!
 //! Activations are quantized once per call to the weight type's partner format (Q8 blocks for
 //! Q8_0/Q4_0/Q4_1, Q8_K for Q6_K; F16/F32 weights use f32 activations). Output rows are then
-//! split across the rayon pool in small chunks, so idle threads steal work from slow ones. Each
-//! weight row is used for every activation row while it is in L1.
+//! split across the rayon pool in small chunks, so idle threads steal work from slow ones.
+//!
+//! Batches of Q8_0/Q4_0/Q4_1 take the kernels' batched paths where the ISA level has them:
+//! 4 × 16 panels over interleaved activations (`panel.rs`) for a few rows, 16 × 8 tiles over
+//! weights regrouped sixteen rows at a time (`gemm16.rs`) for prefill-sized batches. Otherwise
+//! each weight row (or group of four) is used for every activation row while it is in L1.
 
 use std::cell::RefCell;
 
@@ -12,7 +16,9 @@ use rayon::prelude::*;
 
 use crate::kernels::{Dot4Fn, DotFn, Gemm4x4Fn, Kernels};
 use crate::model::Matrix;
-use crate::quant::{blocks, BlockQ8Act, BlockQ8K, GgmlType};
+use crate::quant::{
+    blocks, BlockQ4_0, BlockQ4_1, BlockQ8Act, BlockQ8K, BlockQ8Quad, BlockQ8_0, BlockQ8x4, GgmlType,
+};
 
 /// Fewest output rows handed to a rayon task at a time.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -21,7 +27,7 @@ const MIN_ROWS_PER_TASK: usize = 16;
 const TASKS_PER_THREAD: usize = 8;
 
 /// Output rows per rayon task for a matrix of `n_out` rows.
-fn rows_per_task(n_out: usize) -> usize {
+pub(super) fn rows_per_task(n_out: usize) -> usize {
     (n_out / (rayon::current_num_threads() * TASKS_PER_THREAD)).max(MIN_ROWS_PER_TASK)
 }
 
@@ -42,10 +48,12 @@ pub struct MatmulCtx<'a> {
     pub file: &'a [u8],
 }
 
-/// Buffers reused across calls: quantized activations and the transposed result.
+/// Buffers reused across calls: quantized (and interleaved) activations, the transposed result.
 #[derive(Debug, Default)]
 pub struct MatmulScratch {
-    q8: Vec<BlockQ8Act>,
+    pub(super) q8: Vec<BlockQ8Act>,
+    pub(super) q8x4: Vec<BlockQ8x4>,
+    quads: Vec<BlockQ8Quad>,
     q8k: Vec<BlockQ8K>,
     tmp: Vec<f32>,
 }
@@ -66,10 +74,13 @@ pub fn linear(
     let t = x.len() / n_in;
     assert_eq!(x.len(), t * n_in, "{}: activation width", w.name);
     assert_eq!(out.len(), t * n_out, "{}: output size", w.name);
+    let (k, file) = (ctx.kernels, ctx.file);
+    if t > 1 && !ctx.exact && batched(k, file, w, x, bias, s, out) {
+        return;
+    }
     if t > 1 && s.tmp.len() < t * n_out {
         s.tmp.resize(t * n_out, 0.0);
     }
-    let (k, file) = (ctx.kernels, ctx.file);
     let dst = if t == 1 {
         &mut *out
     } else {
@@ -77,24 +88,26 @@ pub fn linear(
     };
     match w.ty {
         _ if ctx.exact => exact_rows(k, file, w, x, dst),
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => {
-            let nb = n_in / 32;
-            s.q8.resize(t * nb, BlockQ8Act::default());
-            (k.quantize_q8)(x, &mut s.q8);
-            match w.ty {
-                GgmlType::Q8_0 => {
-                    let fns = (k.dot_q8_0, Some((k.dot4_q8_0, k.gemm4x4_q8_0)));
-                    rows(file, w, &s.q8, nb, fns, dst)
-                }
-                GgmlType::Q4_0 => {
-                    let fns = (k.dot_q4_0, Some((k.dot4_q4_0, k.gemm4x4_q4_0)));
-                    rows(file, w, &s.q8, nb, fns, dst)
-                }
-                _ => {
-                    let fns = (k.dot_q4_1, Some((k.dot4_q4_1, k.gemm4x4_q4_1)));
-                    rows(file, w, &s.q8, nb, fns, dst)
-                }
+        GgmlType::Q8_0 => {
+            let fns = (k.dot_q8_0, k.dot4_q8_0, k.gemm4x4_q8_0);
+            q8_matmul(k, file, w, x, fns, &mut s.q8, dst)
+        }
+        GgmlType::Q4_0 => match k.dot_q4_0_quad.filter(|_| t == 1 && n_in % 128 == 0) {
+            Some(quad) => {
+                s.q8.resize(n_in / 32, BlockQ8Act::default());
+                s.quads.resize(n_in / 128, BlockQ8Quad::default());
+                (k.quantize_q8)(x, &mut s.q8);
+                BlockQ8Quad::pack(&s.q8, 8, &mut s.quads);
+                rows(file, w, &s.quads, n_in / 128, (quad, None), dst)
             }
+            None => {
+                let fns = (k.dot_q4_0, k.dot4_q4_0, k.gemm4x4_q4_0);
+                q8_matmul(k, file, w, x, fns, &mut s.q8, dst)
+            }
+        },
+        GgmlType::Q4_1 => {
+            let fns = (k.dot_q4_1, k.dot4_q4_1, k.gemm4x4_q4_1);
+            q8_matmul(k, file, w, x, fns, &mut s.q8, dst)
         }
         GgmlType::Q6_K => {
             let nb = n_in / 256;
@@ -110,6 +123,84 @@ pub fn linear(
         transpose_into(&s.tmp[..t * n_out], t, out, bias);
     } else if let Some(b) = bias {
         super::add_assign(out, b);
+    }
+}
+
+/// The batched paths that write the t × n_out result themselves, bias included: regrouped
+/// 16 × 8 tiles for large batches, 4 × 16 panels for small ones. False when the type or the
+/// kernels have neither.
+fn batched(
+    k: &Kernels,
+    file: &[u8],
+    w: &Matrix,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    s: &mut MatmulScratch,
+    out: &mut [f32],
+) -> bool {
+    let t = x.len() / w.n_in;
+    if let (Some(g), true) = (k.gemm16, super::gemm16::applies(k, t)) {
+        use super::gemm16::linear as gemm16;
+        if !matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
+            return false;
+        }
+        quantize_rows(k, x, w.n_in, &mut s.q8);
+        let act = &s.q8;
+        match w.ty {
+            GgmlType::Q8_0 => gemm16::<BlockQ8_0>(file, w, act, bias, (k.dot_q8_0, g), out),
+            GgmlType::Q4_0 => gemm16::<BlockQ4_0>(file, w, act, bias, (k.dot_q4_0, g), out),
+            _ => gemm16::<BlockQ4_1>(file, w, act, bias, (k.dot_q4_1, g), out),
+        }
+        return true;
+    }
+    let (q8, q8x4) = (&mut s.q8, &mut s.q8x4);
+    use super::panel::linear as panel;
+    match (w.ty, k.panel_q8_0, k.panel_q4_0, k.panel_q4_1) {
+        (GgmlType::Q8_0, Some(p), _, _) => {
+            panel(k, file, w, x, bias, (k.dot_q8_0, p), q8, q8x4, out)
+        }
+        (GgmlType::Q4_0, _, Some(p), _) => {
+            panel(k, file, w, x, bias, (k.dot_q4_0, p), q8, q8x4, out)
+        }
+        (GgmlType::Q4_1, _, _, Some(p)) => {
+            panel(k, file, w, x, bias, (k.dot_q4_1, p), q8, q8x4, out)
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// A Q8-partnered weight type's kernels: single row, four rows, 4 × 4 tile.
+type Q8Fns<W> = (
+    DotFn<W, BlockQ8Act>,
+    Dot4Fn<W, BlockQ8Act>,
+    Gemm4x4Fn<W, BlockQ8Act>,
+);
+
+/// Quantizes the activations to Q8 blocks (rows in parallel from batch 2 on), then multiplies.
+fn q8_matmul<W: Pod>(
+    k: &Kernels,
+    file: &[u8],
+    w: &Matrix,
+    x: &[f32],
+    (dot, dot4, gemm): Q8Fns<W>,
+    q8: &mut Vec<BlockQ8Act>,
+    dst: &mut [f32],
+) {
+    quantize_rows(k, x, w.n_in, q8);
+    rows(file, w, q8, w.n_in / 32, (dot, Some((dot4, gemm))), dst)
+}
+
+/// Quantizes the rows of `x` (each `n_in` wide) into `q8`, in parallel from two rows on.
+pub(super) fn quantize_rows(k: &Kernels, x: &[f32], n_in: usize, q8: &mut Vec<BlockQ8Act>) {
+    let nb = n_in / 32;
+    q8.resize(x.len() / 32, BlockQ8Act::default());
+    if x.len() == n_in {
+        (k.quantize_q8)(x, q8);
+    } else {
+        q8.par_chunks_mut(nb)
+            .zip(x.par_chunks(n_in))
+            .for_each(|(q, x)| (k.quantize_q8)(x, q));
     }
 }
 
@@ -269,13 +360,14 @@ mod tests {
     }
 
     /// Every ISA and the exact path agree on odd shapes: 37 rows (not a multiple of the task
-    /// size), batches of 1, 3 and 17 rows.
+    /// size, of 4 or of 16), batches of 1 (single rows, quads), 3 and 17 (panels, a short last
+    /// group) and 37 (16 × 8 tiles over regrouped weights, padded columns).
     #[test]
     fn isas_and_exact_path_agree() {
         let mut rng = Rng::new(9);
         for ty in crate::bench::TYPES {
             let (file, w) = random_matrix(&mut rng, ty, 512, 37);
-            for t in [1, 3, 17] {
+            for t in [1, 3, 17, 37] {
                 let x: Vec<f32> = (0..t * 512).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
                 let scalar = run(&Kernels::scalar(), false, &file, &w, &x);
                 let exact = run(&Kernels::scalar(), true, &file, &w, &x);

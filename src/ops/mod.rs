@@ -2,8 +2,11 @@
 //! compute kernels (`crate::kernels`); LayerNorm, GELU and softmax are still plain scalar code.
 
 mod attention;
+mod columns;
+mod gemm16;
 mod matmul;
 mod norm;
+mod panel;
 
 pub use attention::causal_attention;
 pub use matmul::{linear, MatmulCtx, MatmulScratch};

@@ -4,13 +4,15 @@
 //! is a valid slice of blocks; [`blocks`] is the one checked cast from bytes to blocks.
 
 mod act;
+mod panel16;
 mod q4_0;
 mod q4_1;
 mod q6_k;
 mod q8_0;
 mod types;
 
-pub use act::{act_quant, act_scale, BlockQ8Act, BlockQ8K};
+pub use act::{act_quant, act_scale, BlockQ8Act, BlockQ8K, BlockQ8Quad, BlockQ8x4};
+pub use panel16::{BlockW16, W16Kind, W16Source, PANEL_ROWS};
 pub use q4_0::BlockQ4_0;
 pub use q4_1::BlockQ4_1;
 pub use q6_k::BlockQ6K;

@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod memory;
 pub mod model;
 pub mod ops;
+pub mod perplexity;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;

@@ -25,8 +25,10 @@ enum Command {
     Tokenize(cli::tokenize::Args),
     /// Generate text from a prompt, streaming it to stdout.
     Generate(cli::generate::Args),
-    /// Benchmark the compute kernels (`--kernels`).
+    /// Benchmark a model end to end (`-m FILE`, llama-bench's method) or the kernels (`--kernels`).
     Bench(cli::bench::Args),
+    /// Score a text file's perplexity (llama-perplexity's method).
+    Perplexity(cli::perplexity::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => cli::tokenize::run(a),
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        Command::Perplexity(a) => cli::perplexity::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::AddedToken;
 
-use crate::gguf::{Array, GgufFile};
+use crate::gguf::{Array, GgufFile, Value};
 use crate::model::ModelError;
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
@@ -22,6 +22,7 @@ pub struct Tokenizer {
     bytes: Vec<Vec<u8>>,
     special: Vec<bool>,
     bos: Option<u32>,
+    add_bos: bool,
     eos: Option<u32>,
     pre: String,
     n_merges: usize,
@@ -115,6 +116,20 @@ impl Tokenizer {
         };
         let bos = id_key("tokenizer.ggml.bos_token_id")?;
         let eos = id_key("tokenizer.ggml.eos_token_id")?;
+        let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(err(format!(
+                    "tokenizer.ggml.add_bos_token is {v}, not a bool"
+                )))
+            }
+        };
+        if add_bos && bos.is_none() {
+            return Err(err(
+                "tokenizer.ggml.add_bos_token is true but there is no bos_token_id".to_string(),
+            ));
+        }
 
         // A vocabulary may repeat a string; encoding can only produce its first id.
         let mut vocab = tokenizers::models::bpe::Vocab::default();
@@ -174,6 +189,7 @@ impl Tokenizer {
             bytes,
             special,
             bos,
+            add_bos,
             eos,
             pre,
             n_merges,
@@ -218,6 +234,12 @@ impl Tokenizer {
     /// Beginning-of-sequence id, if the file names one.
     pub fn bos(&self) -> Option<u32> {
         self.bos
+    }
+
+    /// Whether a sequence starts with the BOS token (`tokenizer.ggml.add_bos_token`; absent
+    /// means no, as llama.cpp reads GPT-2 vocabularies).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
     }
 
     /// End-of-sequence id, if the file names one.

@@ -241,6 +241,48 @@ fn bench_kernels_reports_every_shape_as_json() {
 }
 
 #[test]
+fn bench_model_writes_llama_bench_jsonl_and_table() {
+    let model = path("small-q8_0");
+    let s = ok_stdout(&[
+        "bench", "-m", &model, "-p", "16", "-n", "4", "-r", "2", "--json",
+    ]);
+    let lines: Vec<Value> = s
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{s}");
+    for (r, (p, g)) in lines.iter().zip([(16, 0), (0, 4)]) {
+        assert_eq!(r["n_prompt"], p, "{r}");
+        assert_eq!(r["n_gen"], g, "{r}");
+        assert_eq!(r["model_filename"], model.as_str());
+        assert_eq!(r["model_type"], "gpt2 0.0B Q8_0", "{r}");
+        assert!(r["model_size"].as_u64().unwrap() > 0);
+        assert!(r["model_n_params"].as_u64().unwrap() > 0);
+        assert!(r["n_threads"].as_u64().unwrap() >= 1);
+        let samples = r["samples_ts"].as_array().unwrap();
+        assert_eq!(samples.len(), 2, "{r}");
+        assert_eq!(r["samples_ns"].as_array().unwrap().len(), 2, "{r}");
+        let mean = samples.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / 2.0;
+        assert!(
+            (r["avg_ts"].as_f64().unwrap() - mean).abs() < 1e-6 * mean,
+            "{r}"
+        );
+        assert!(r["avg_ns"].as_u64().unwrap() > 0 && r["stddev_ts"].as_f64().is_some());
+    }
+    let s = ok_stdout(&["bench", "-m", &model, "-p", "8", "-n", "0", "-r", "1"]);
+    assert!(
+        s.starts_with("| model | size | params | isa | threads | test | t/s |"),
+        "{s}"
+    );
+    assert!(s.lines().nth(2).unwrap().contains("| pp8 |"), "{s}");
+    assert_eq!(s.lines().count(), 3, "-n 0 skips generation: {s}");
+    // The model has 128 positions.
+    let out = qgpt(&["bench", "-m", &model, "-p", "200", "-n", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pp200 needs 200 positions"));
+}
+
+#[test]
 fn an_unknown_isa_is_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_qgpt"))
         .env("QGPT_ISA", "sse9")

@@ -488,6 +488,36 @@ fn check_interleaved(k: &Kernels) {
     }
 }
 
+/// GELU against the scalar twin (the standard library's tanh) on a sweep from −20 to 20, the
+/// extremes and the non-finite values. The fast forms use a polynomial exponential (relative
+/// error below 2·10⁻⁷) and a division; with the twin's own rounding, results agree within
+/// 4·10⁻⁷·min(|x|, 100) + 10⁻⁹ (past |x| = 10 both are x or 0).
+fn check_gelu(k: &Kernels) {
+    let mut x: Vec<f32> = (-200_000..=200_000).map(|i| i as f32 * 1e-4).collect();
+    x.extend([
+        1e-30, -1e-30, 0.0, -0.0, 50.0, -50.0, 1e4, -1e4, 3e38, -3e38,
+    ]);
+    let mut want = x.clone();
+    qgpt::kernels::scalar::gelu(&mut want);
+    let mut got = x.clone();
+    (k.gelu)(&mut got);
+    for ((&x, &g), &w) in x.iter().zip(&got).zip(&want) {
+        let tol = 4e-7 * x.abs().min(100.0) + 1e-9;
+        assert!((g - w).abs() <= tol, "{} gelu({x}) = {g}, want {w}", k.isa);
+    }
+    let mut special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY];
+    (k.gelu)(&mut special);
+    assert!(special[0].is_nan(), "{} gelu(NaN)", k.isa);
+    assert_eq!(special[1], f32::INFINITY, "{} gelu(inf)", k.isa);
+    // The twin computes −∞ · 0 = NaN here; the limit is 0.
+    assert!(
+        special[2] == 0.0 || special[2].is_nan(),
+        "{} gelu(-inf) = {}",
+        k.isa,
+        special[2]
+    );
+}
+
 fn check_q6_k(k: &Kernels) {
     let mut rng = Rng::new(4);
     for nb in [1, 3, 12] {
@@ -610,6 +640,11 @@ macro_rules! battery {
             #[test]
             fn panel_quad_and_gemm16_kernels() {
                 if let Some(k) = kernels() { check_interleaved(&k) }
+            }
+
+            #[test]
+            fn gelu() {
+                if let Some(k) = kernels() { check_gelu(&k) }
             }
 
             #[test]

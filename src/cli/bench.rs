@@ -1,40 +1,140 @@
-//! `qgpt bench --kernels`.
+//! `qgpt bench -m FILE` (end to end, llama-bench's method and output) and `qgpt bench --kernels`.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 use super::{init_threads, print_flush, CliError};
-use qgpt::bench::{bench_matmul, int8_peak_gop_s, read_bandwidth, SHAPES, TYPES};
+use qgpt::bench::{
+    bench_matmul, int8_peak_gop_s, read_bandwidth, rfc3339, run_test, ModelInfo, MAX_BATCH, SHAPES,
+    TYPES,
+};
 use qgpt::kernels;
+use qgpt::model::LoadedModel;
 
 /// Arguments of `qgpt bench`.
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["model", "kernels"])))]
 pub struct Args {
-    /// Benchmark the matmul kernels on GPT-2 124M's shapes (the only mode so far; end-to-end
-    /// model benchmarks come with the batched forward pass).
-    #[arg(long, required = true)]
+    /// GGUF model file to benchmark end to end.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// Prompt-processing tests: tokens per test, comma-separated (0 skips).
+    #[arg(short = 'p', long, value_delimiter = ',', default_value = "512")]
+    n_prompt: Vec<usize>,
+    /// Generation tests: tokens per test, comma-separated (0 skips).
+    #[arg(short = 'n', long, value_delimiter = ',', default_value = "128")]
+    n_gen: Vec<usize>,
+    /// Benchmark the matmul kernels on GPT-2 124M's shapes instead of a model.
+    #[arg(long)]
     kernels: bool,
     /// Worker threads (default: the CPUs this process may use).
     #[arg(short, long)]
     threads: Option<usize>,
-    /// Timed repetitions per measurement (the median is reported).
+    /// Timed repetitions per test (model: mean ± sd; kernels: the median).
     #[arg(short, long, default_value_t = 5)]
     reps: usize,
-    /// Last-level cache size in MiB: batch-1 runs cycle through twice this much weight data.
-    #[arg(long, default_value_t = 32)]
+    /// Kernels: last-level cache size in MiB; batch-1 runs cycle through twice this much weight
+    /// data.
+    #[arg(long, default_value_t = 32, requires = "kernels")]
     llc_mib: usize,
-    /// Skip the batch-512 runs (they take most of the time).
-    #[arg(long)]
+    /// Kernels: skip the batch-512 runs (they take most of the time).
+    #[arg(long, requires = "kernels")]
     no_512: bool,
-    /// Only these weight types, comma-separated (e.g. q8_0,q4_0).
-    #[arg(long, value_delimiter = ',')]
+    /// Kernels: only these weight types, comma-separated (e.g. q8_0,q4_0).
+    #[arg(long, value_delimiter = ',', requires = "kernels")]
     types: Vec<String>,
-    /// One JSON object per line instead of a table.
+    /// One JSON object per line (model: llama-bench's jsonl fields) instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-/// Runs the kernel benchmark and prints the table.
+/// Runs the model or the kernel benchmark.
 pub fn run(args: Args) -> Result<(), CliError> {
+    match args.model.clone() {
+        Some(path) => run_model(&path, args),
+        None => run_kernels(args),
+    }
+}
+
+/// llama-bench's table or jsonl for one model.
+fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
+    let threads = init_threads(args.threads)?;
+    let k = kernels::init()?;
+    let m = LoadedModel::open(path)?;
+    let info = ModelInfo::new(path, m.model.file());
+    let n_ctx = m.model.config().n_ctx;
+    let tests: Vec<(usize, usize)> = (args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| (p, 0)))
+        .chain(args.n_gen.iter().filter(|&&g| g > 0).map(|&g| (0, g)))
+        .collect();
+    if tests.is_empty() {
+        return Err("nothing to run: every -p and -n value is 0".into());
+    }
+    if let Some(&(p, g)) = tests.iter().find(|&&(p, g)| p + g > n_ctx) {
+        let name = if p > 0 {
+            format!("pp{p}")
+        } else {
+            format!("tg{g}")
+        };
+        return Err(format!("{name} needs {} positions; the model has {n_ctx}", p + g).into());
+    }
+    let mut s = String::new();
+    if !args.json {
+        writeln!(s, "| model | size | params | isa | threads | test | t/s |")?;
+        writeln!(s, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
+        print_flush(&std::mem::take(&mut s))?;
+    }
+    for (n_prompt, n_gen) in tests {
+        let r = run_test(&m.model, n_prompt, n_gen, args.reps)?;
+        if args.json {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let line = serde_json::json!({
+                "build_commit": env!("QGPT_GIT_SHA"),
+                "cpu_info": k.isa.name(),
+                "backends": "CPU",
+                "model_filename": info.filename,
+                "model_type": info.model_type,
+                "model_size": info.size,
+                "model_n_params": info.n_params,
+                "n_batch": MAX_BATCH,
+                "n_ubatch": MAX_BATCH,
+                "n_threads": threads,
+                "type_k": "f32",
+                "type_v": "f32",
+                "use_mmap": true,
+                "n_prompt": r.n_prompt,
+                "n_gen": r.n_gen,
+                "n_depth": 0,
+                "test_time": rfc3339(now),
+                "avg_ns": r.avg_ns().round() as u64,
+                "stddev_ns": r.stddev_ns().round() as u64,
+                "avg_ts": r.avg_ts(),
+                "stddev_ts": r.stddev_ts(),
+                "samples_ns": r.samples_ns,
+                "samples_ts": r.samples_ts(),
+            });
+            writeln!(s, "{line}")?;
+        } else {
+            writeln!(
+                s,
+                "| {} | {:.2} MiB | {:.2} M | {} | {threads} | {} | {:.2} ± {:.2} |",
+                info.model_type,
+                info.size as f64 / (1 << 20) as f64,
+                info.n_params as f64 / 1e6,
+                k.isa,
+                r.name(),
+                r.avg_ts(),
+                r.stddev_ts(),
+            )?;
+        }
+        print_flush(&std::mem::take(&mut s))?;
+    }
+    Ok(())
+}
+
+/// Runs the kernel benchmark and prints the table.
+fn run_kernels(args: Args) -> Result<(), CliError> {
     let threads = init_threads(args.threads)?;
     let k = kernels::init()?;
     let llc = args.llc_mib << 20;

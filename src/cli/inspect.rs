@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{print_flush, CliError};
-use qgpt::gguf::{GgufFile, Value};
+use qgpt::gguf::{file_type_name, GgufFile, Value};
 use qgpt::memory::Resident;
 use qgpt::model::LoadedModel;
 
@@ -16,30 +16,6 @@ use qgpt::model::LoadedModel;
 pub struct Args {
     /// GGUF file.
     file: PathBuf,
-}
-
-/// llama.cpp's `general.file_type` names (`llama_ftype`).
-fn file_type_name(ft: u64) -> &'static str {
-    match ft {
-        0 => "ALL_F32",
-        1 => "MOSTLY_F16",
-        2 => "MOSTLY_Q4_0",
-        3 => "MOSTLY_Q4_1",
-        7 => "MOSTLY_Q8_0",
-        8 => "MOSTLY_Q5_0",
-        9 => "MOSTLY_Q5_1",
-        10 => "MOSTLY_Q2_K",
-        11 => "MOSTLY_Q3_K_S",
-        12 => "MOSTLY_Q3_K_M",
-        13 => "MOSTLY_Q3_K_L",
-        14 => "MOSTLY_Q4_K_S",
-        15 => "MOSTLY_Q4_K_M",
-        16 => "MOSTLY_Q5_K_S",
-        17 => "MOSTLY_Q5_K_M",
-        18 => "MOSTLY_Q6_K",
-        32 => "MOSTLY_BF16",
-        _ => "other",
-    }
 }
 
 fn mib(bytes: u64) -> f64 {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod perplexity;
 pub mod tokenize;
 
 use std::io::Write;

@@ -4,10 +4,12 @@
 mod cursor;
 mod error;
 mod file;
+mod ftype;
 mod tensor;
 mod value;
 
 pub use error::GgufError;
 pub use file::{GgufFile, DEFAULT_ALIGNMENT};
+pub use ftype::{file_type_name, file_type_short_name};
 pub use tensor::{format_shape, TensorInfo, TensorView, MAX_DIMS};
 pub use value::{Array, Value, ValueType};

@@ -42,7 +42,18 @@ pub(super) fn table() -> Kernels {
         dot_f16,
         dot_f32_bytes,
         dot_f32,
+        gelu,
     }
+}
+
+/// GELU at AVX2 width.
+pub(super) fn gelu(x: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma")]
+    fn wide(x: &mut [f32]) {
+        super::math::gelu_approx(x)
+    }
+    // SAFETY: reachable only through `table()`, after `detected()` confirmed AVX2 and FMA.
+    unsafe { wide(x) }
 }
 
 /// `[c][r]` → `[r][c]`.

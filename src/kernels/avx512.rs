@@ -48,7 +48,18 @@ pub(super) fn table() -> Kernels {
         dot_f16: avx2::dot_f16,
         dot_f32_bytes: avx2::dot_f32_bytes,
         dot_f32: avx2::dot_f32,
+        gelu,
     }
+}
+
+/// GELU at AVX-512 width.
+fn gelu(x: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    fn wide(x: &mut [f32]) {
+        super::math::gelu_approx(x)
+    }
+    // SAFETY: reachable only through `table()`, after `detected()` confirmed AVX-512.
+    unsafe { wide(x) }
 }
 
 macro_rules! safe_entry_points {

@@ -11,6 +11,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_interleaved;
+mod math;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod scalar;
@@ -157,6 +158,8 @@ pub struct Kernels {
     pub dot_f32_bytes: DotFn<[u8; 4], f32>,
     /// f32 · f32.
     pub dot_f32: DotFn<f32, f32>,
+    /// GELU (tanh form) in place.
+    pub gelu: fn(&mut [f32]),
 }
 
 impl fmt::Debug for Kernels {
@@ -199,6 +202,7 @@ impl Kernels {
             dot_f16: scalar::dot_f16,
             dot_f32_bytes: scalar::dot_f32_bytes,
             dot_f32: scalar::dot_f32,
+            gelu: scalar::gelu,
         }
     }
 

@@ -63,6 +63,8 @@ pub(super) fn table() -> Kernels {
         dot_f16: scalar::dot_f16,
         dot_f32_bytes,
         dot_f32,
+        // NEON is part of the aarch64 baseline: the portable form vectorizes to it.
+        gelu: super::math::gelu_approx,
     }
 }
 

@@ -229,6 +229,16 @@ pub fn dot_f32_bytes(w: &[[u8; 4]], x: &[f32]) -> f32 {
         .sum()
 }
 
+/// GELU, tanh form, with the standard library's `tanh` (the reference the fast forms are held
+/// to).
+pub fn gelu(x: &mut [f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for v in x {
+        let u = *v;
+        *v = 0.5 * u * (1.0 + (SQRT_2_OVER_PI * (u + 0.044_715 * u * u * u)).tanh());
+    }
+}
+
 /// Σ a·b over f32 slices (attention scores).
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -247,7 +247,7 @@ impl Gpt2 {
             ops::layer_norm(x, &b.ffn_norm.w, &b.ffn_norm.b, cfg.eps, h);
             // ff = gelu(h · Wup + b)                                   (T, F)
             ops::linear(&mm, &b.ffn_up.w, Some(&b.ffn_up.b), h, ff, &mut s.mm);
-            ops::gelu(ff);
+            ops::gelu(k, ff);
             // x += ff · Wdown + b                                      (T, C)
             ops::linear(&mm, &b.ffn_down.w, Some(&b.ffn_down.b), ff, proj, &mut s.mm);
             ops::add_assign(x, proj);

@@ -12,13 +12,15 @@ pub use attention::causal_attention;
 pub use matmul::{linear, MatmulCtx, MatmulScratch};
 pub use norm::layer_norm;
 
-/// GELU, tanh approximation (GPT-2's `gelu_new`), in place.
-pub fn gelu(x: &mut [f32]) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    for v in x {
-        let u = *v;
-        *v = 0.5 * u * (1.0 + (SQRT_2_OVER_PI * (u + 0.044_715 * u * u * u)).tanh());
-    }
+use crate::kernels::Kernels;
+
+/// Values per rayon task of the elementwise operations.
+const ELEMENTWISE_CHUNK: usize = 16 * 1024;
+
+/// GELU, tanh approximation (GPT-2's `gelu_new`), in place, in parallel chunks.
+pub fn gelu(k: &Kernels, x: &mut [f32]) {
+    use rayon::prelude::*;
+    x.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(k.gelu);
 }
 
 /// `x += y`, element-wise.
@@ -65,13 +67,18 @@ mod tests {
     }
 
     #[test]
-    fn gelu_matches_known_values() {
-        let mut x = [0.0f32, 1.0, -1.0, 3.0];
-        gelu(&mut x);
-        // Values of 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) computed in f64.
-        let want = [0.0f32, 0.841_192, -0.158_808, 2.996_363];
-        for (a, b) in x.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+    fn gelu_matches_known_values_on_every_isa() {
+        for isa in crate::kernels::Isa::ALL {
+            let Some(k) = Kernels::for_isa(isa) else {
+                continue;
+            };
+            let mut x = [0.0f32, 1.0, -1.0, 3.0];
+            gelu(&k, &mut x);
+            // Values of 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))) computed in f64.
+            let want = [0.0f32, 0.841_192, -0.158_808, 2.996_363];
+            for (a, b) in x.iter().zip(want) {
+                assert!((a - b).abs() < 1e-6, "{isa}: {a} vs {b}");
+            }
         }
     }
 

@@ -21,12 +21,18 @@ mod common;
 use common::{fixture, reference, Run};
 use qgpt::generate::{generate, GenerateOptions};
 use qgpt::kernels::{Isa, Kernels};
-use qgpt::model::{LoadedModel, Logits, Scratch};
+use qgpt::model::{KvType, LoadedModel, Logits, Scratch};
 use qgpt::ops::log_softmax;
 use qgpt::sampling::{argmax, SamplingParams};
 
 /// Float32 arithmetic in a different order than PyTorch's; observed differences are ~1e-5.
 const FORWARD_TOL: f64 = 1e-3;
+
+/// The fast path keeps keys and values in F16 (11-bit significands: each value rounded by up to
+/// 2⁻¹¹ relative). On the float fixtures that moves log-probs by at most 3.2·10⁻³ (measured,
+/// small-f32 "Once upon a time"); 5·10⁻³ on top of the forward tolerance leaves room for
+/// summation order across ISAs. Exact mode uses an F32 cache.
+const KV_F16_TOL: f64 = 5e-3;
 
 /// Quantizing each matmul's input to 8 bits (one scale per 32 values) perturbs it by up to
 /// 0.5/127 of its block's largest magnitude. These random-weight fixtures amplify perturbations
@@ -103,7 +109,7 @@ fn check_file(stem: &str, quantized: bool) {
     let fast_tol = if quantized {
         ACT_QUANT_TOL
     } else {
-        FORWARD_TOL
+        FORWARD_TOL + KV_F16_TOL
     };
     for k in Isa::ALL.into_iter().filter_map(Kernels::for_isa) {
         m.model.set_kernels(k);
@@ -114,7 +120,9 @@ fn check_file(stem: &str, quantized: bool) {
         }
     }
 
+    // Exact mode: f32 weights rows, f32 activations, f32 keys and values.
     m.model.set_exact_matmul(true);
+    m.model.set_kv_type(KvType::F32);
     for c in &r.cases {
         assert_eq!(
             m.tokenizer.encode(&c.prompt).unwrap(),

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::{init_threads, print_flush, CliError};
+use super::{init_threads, print_flush, CliError, KvTypeArg};
 use qgpt::bench::{
     bench_matmul, int8_peak_gop_s, read_bandwidth, rfc3339, run_test, ModelInfo, MAX_BATCH, SHAPES,
     TYPES,
@@ -24,6 +24,9 @@ pub struct Args {
     /// Generation tests: tokens per test, comma-separated (0 skips).
     #[arg(short = 'n', long, value_delimiter = ',', default_value = "128")]
     n_gen: Vec<usize>,
+    /// Model: element type of the KV cache.
+    #[arg(long, value_enum, default_value = "f16")]
+    kv_type: KvTypeArg,
     /// Benchmark the matmul kernels on GPT-2 124M's shapes instead of a model.
     #[arg(long)]
     kernels: bool,
@@ -60,7 +63,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
 fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
     let threads = init_threads(args.threads)?;
     let k = kernels::init()?;
-    let m = LoadedModel::open(path)?;
+    let mut m = LoadedModel::open(path)?;
+    m.model.set_kv_type(args.kv_type.into());
+    let kv = m.model.kv_type().name();
     let info = ModelInfo::new(path, m.model.file());
     let n_ctx = m.model.config().n_ctx;
     let tests: Vec<(usize, usize)> = (args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| (p, 0)))
@@ -100,8 +105,8 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
                 "n_batch": MAX_BATCH,
                 "n_ubatch": MAX_BATCH,
                 "n_threads": threads,
-                "type_k": "f32",
-                "type_v": "f32",
+                "type_k": kv,
+                "type_v": kv,
                 "use_mmap": true,
                 "n_prompt": r.n_prompt,
                 "n_gen": r.n_gen,

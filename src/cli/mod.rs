@@ -8,6 +8,24 @@ pub mod tokenize;
 
 use std::io::Write;
 
+/// `--kv-type`: the element type of the KV cache.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KvTypeArg {
+    /// Half precision (the default): half the memory of f32.
+    F16,
+    /// Single precision.
+    F32,
+}
+
+impl From<KvTypeArg> for qgpt::model::KvType {
+    fn from(a: KvTypeArg) -> Self {
+        match a {
+            KvTypeArg::F16 => qgpt::model::KvType::F16,
+            KvTypeArg::F32 => qgpt::model::KvType::F32,
+        }
+    }
+}
+
 /// A failed command: the message is printed as `error: ...`.
 pub type CliError = Box<dyn std::error::Error>;
 

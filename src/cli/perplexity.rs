@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{init_threads, print_flush, CliError};
+use super::{init_threads, print_flush, CliError, KvTypeArg};
 use qgpt::model::LoadedModel;
 use qgpt::perplexity::perplexity;
 
@@ -22,6 +22,9 @@ pub struct Args {
     /// Score at most this many chunks (default: every whole chunk of the text).
     #[arg(long)]
     chunks: Option<usize>,
+    /// Element type of the KV cache.
+    #[arg(long, value_enum, default_value = "f16")]
+    kv_type: KvTypeArg,
     /// One JSON object instead of the running figures and the `PPL = X +/- Y` line.
     #[arg(long)]
     json: bool,
@@ -34,7 +37,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<(), CliError> {
     init_threads(args.threads)?;
     let isa = qgpt::kernels::init()?.isa;
-    let m = LoadedModel::open(&args.model)?;
+    let mut m = LoadedModel::open(&args.model)?;
+    m.model.set_kv_type(args.kv_type.into());
     let bytes = std::fs::read(&args.file)
         .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
     let text = String::from_utf8(bytes)

@@ -43,8 +43,12 @@ pub(super) fn table() -> Kernels {
         dot_f32_bytes,
         dot_f32,
         gelu,
+        attend_f32,
+        attend_f16,
     }
 }
+
+super::attend_entries!("avx2,fma,f16c");
 
 /// GELU at AVX2 width.
 pub(super) fn gelu(x: &mut [f32]) {

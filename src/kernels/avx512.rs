@@ -49,8 +49,12 @@ pub(super) fn table() -> Kernels {
         dot_f32_bytes: avx2::dot_f32_bytes,
         dot_f32: avx2::dot_f32,
         gelu,
+        attend_f32,
+        attend_f16,
     }
 }
+
+super::attend_entries!("avx2,fma,f16c,avx512f,avx512bw,avx512vl");
 
 /// GELU at AVX-512 width.
 fn gelu(x: &mut [f32]) {

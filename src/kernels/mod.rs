@@ -5,6 +5,7 @@
 //! blocks; callers pair weight and activation slices of equal length (they zip, so a mismatch can
 //! never read out of bounds).
 
+pub mod attend;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -160,7 +161,39 @@ pub struct Kernels {
     pub dot_f32: DotFn<f32, f32>,
     /// GELU (tanh form) in place.
     pub gelu: fn(&mut [f32]),
+    /// Attention over an F32 KV cache.
+    pub attend_f32: attend::AttendFn<f32>,
+    /// Attention over an F16 KV cache.
+    pub attend_f16: attend::AttendFn<half::f16>,
 }
+
+/// The attention entries of an ISA level: `attend::attend` compiled for `$features`.
+macro_rules! attend_entries {
+    ($features:literal) => {
+        /// Attention over an F32 cache at this level's vector width.
+        pub(super) fn attend_f32(a: super::attend::Attend<'_, f32>) {
+            #[target_feature(enable = $features)]
+            fn wide(a: super::attend::Attend<'_, f32>) {
+                super::attend::attend(a)
+            }
+            // SAFETY: reachable only through this level's table, built after its features were
+            // detected.
+            unsafe { wide(a) }
+        }
+
+        /// Attention over an F16 cache at this level's vector width.
+        pub(super) fn attend_f16(a: super::attend::Attend<'_, half::f16>) {
+            #[target_feature(enable = $features)]
+            fn wide(a: super::attend::Attend<'_, half::f16>) {
+                super::attend::attend(a)
+            }
+            // SAFETY: as above.
+            unsafe { wide(a) }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use attend_entries;
 
 impl fmt::Debug for Kernels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,6 +236,8 @@ impl Kernels {
             dot_f32_bytes: scalar::dot_f32_bytes,
             dot_f32: scalar::dot_f32,
             gelu: scalar::gelu,
+            attend_f32: attend::attend_portable,
+            attend_f16: attend::attend_portable,
         }
     }
 

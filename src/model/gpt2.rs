@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Gpt2Config, Gpt2Weights, KvCache, ModelError};
+use super::{Gpt2Config, Gpt2Weights, KvCache, KvType, ModelError};
 use crate::gguf::GgufFile;
 use crate::kernels::{self, Kernels};
 use crate::ops;
@@ -39,6 +39,7 @@ pub struct Gpt2 {
     weights: Gpt2Weights,
     kernels: Kernels,
     exact: bool,
+    kv_type: KvType,
 }
 
 /// Activation buffers for steps of up to `max_tokens` new tokens, allocated once.
@@ -86,6 +87,7 @@ impl Gpt2 {
             weights,
             kernels: *kernels::get(),
             exact: false,
+            kv_type: KvType::default(),
         })
     }
 
@@ -98,6 +100,16 @@ impl Gpt2 {
     /// slower, free of activation-quantization error. For checking against float references.
     pub fn set_exact_matmul(&mut self, exact: bool) {
         self.exact = exact;
+    }
+
+    /// The element type of the caches [`Gpt2::new_cache`] makes (F16 unless set).
+    pub fn set_kv_type(&mut self, ty: KvType) {
+        self.kv_type = ty;
+    }
+
+    /// The element type of the caches [`Gpt2::new_cache`] makes.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// The kernels this model computes with.
@@ -120,12 +132,21 @@ impl Gpt2 {
         &self.file
     }
 
-    /// A KV cache for `capacity` positions (capped at the trained context).
+    /// A KV cache of the model's [`KvType`] for `capacity` positions (capped at the trained
+    /// context).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
+        self.new_cache_typed(capacity, self.kv_type)
+    }
+
+    /// A KV cache of `ty` elements for `capacity` positions (capped at the trained context).
+    pub fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
+        let cfg = &self.config;
         KvCache::new(
-            self.config.n_layer,
-            self.config.n_embd,
-            capacity.min(self.config.n_ctx),
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.head_dim(),
+            capacity.min(cfg.n_ctx),
+            ty,
         )
     }
 
@@ -225,14 +246,12 @@ impl Gpt2 {
             // qkv = h · Wqkv + b                                       (T, 3C)
             ops::linear(&mm, &b.attn_qkv.w, Some(&b.attn_qkv.b), h, qkv, &mut s.mm);
             // append k, v to the cache                                 (pos0..pos0+T, C)
-            let (kc, vc) = cache.layer_mut(l);
             for (i, row) in qkv.chunks_exact(3 * c).enumerate() {
-                let p = pos0 + i;
-                kc[p * c..(p + 1) * c].copy_from_slice(&row[c..2 * c]);
-                vc[p * c..(p + 1) * c].copy_from_slice(&row[2 * c..]);
+                cache.write(l, pos0 + i, &row[c..2 * c], &row[2 * c..]);
             }
             // att = softmax(q·Kᵀ/√d, causal) · V per head              (T, C)
-            ops::causal_attention(k, qkv, 3 * c, kc, vc, pos0, cfg.n_head, cfg.head_dim(), att);
+            let (nh, hd) = (cfg.n_head, cfg.head_dim());
+            ops::causal_attention(k, qkv, 3 * c, cache, l, pos0, nh, hd, att);
             // x += att · Wo + b                                        (T, C)
             ops::linear(
                 &mm,

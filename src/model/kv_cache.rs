@@ -1,27 +1,94 @@
 //! Per-sequence key/value cache, allocated once for a fixed number of positions.
+//!
+//! Layout, per layer and head: keys transposed (`head_dim` rows of `capacity` positions), values
+//! as they come (`capacity` rows of `head_dim`). Attention then reads keys as rows of
+//! consecutive positions, so that the scores of many positions are one vector operation per
+//! dimension, and values as rows of consecutive dimensions. Elements are F16 by default
+//! (half the memory and bandwidth of F32; F32 is selectable).
+
+use half::f16;
+
+/// The element type of a KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// IEEE half precision: 2 bytes an element.
+    #[default]
+    F16,
+    /// IEEE single precision: 4 bytes an element.
+    F32,
+}
+
+impl KvType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+
+    /// "f16" or "f32", as llama.cpp names cache types.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::F32 => "f32",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Data {
+    F16 { k: Vec<f16>, v: Vec<f16> },
+    F32 { k: Vec<f32>, v: Vec<f32> },
+}
+
+/// One head of one layer: keys transposed (`head_dim` × `capacity`), values (`capacity` ×
+/// `head_dim`). Positions at or past the cache's length hold stale data.
+#[derive(Debug, Clone, Copy)]
+pub enum KvHead<'a> {
+    F16 { kt: &'a [f16], v: &'a [f16] },
+    F32 { kt: &'a [f32], v: &'a [f32] },
+}
 
 /// Keys and values of every layer for the positions processed so far.
 #[derive(Debug, Clone)]
 pub struct KvCache {
     n_layer: usize,
-    n_embd: usize,
+    n_head: usize,
+    head_dim: usize,
     capacity: usize,
     len: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    data: Data,
 }
 
 impl KvCache {
-    /// A cache for `capacity` positions of a model with `n_layer` layers of width `n_embd`.
-    pub fn new(n_layer: usize, n_embd: usize, capacity: usize) -> Self {
-        let n = n_layer * capacity * n_embd;
+    /// A cache for `capacity` positions of a model with `n_layer` layers of `n_head` heads of
+    /// `head_dim` values, holding `ty` elements.
+    pub fn new(
+        n_layer: usize,
+        n_head: usize,
+        head_dim: usize,
+        capacity: usize,
+        ty: KvType,
+    ) -> Self {
+        let n = n_layer * n_head * head_dim * capacity;
+        let data = match ty {
+            KvType::F16 => Data::F16 {
+                k: vec![f16::ZERO; n],
+                v: vec![f16::ZERO; n],
+            },
+            KvType::F32 => Data::F32 {
+                k: vec![0.0; n],
+                v: vec![0.0; n],
+            },
+        };
         Self {
             n_layer,
-            n_embd,
+            n_head,
+            head_dim,
             capacity,
             len: 0,
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+            data,
         }
     }
 
@@ -40,25 +107,136 @@ impl KvCache {
         self.capacity
     }
 
+    /// The element type.
+    pub fn kv_type(&self) -> KvType {
+        match self.data {
+            Data::F16 { .. } => KvType::F16,
+            Data::F32 { .. } => KvType::F32,
+        }
+    }
+
+    /// Bytes held for keys and values.
+    pub fn bytes(&self) -> usize {
+        2 * self.n_layer * self.n_head * self.head_dim * self.capacity * self.kv_type().size()
+    }
+
     /// Forgets every position, keeping the memory.
     pub fn clear(&mut self) {
         self.len = 0;
     }
 
     pub(crate) fn set_len(&mut self, len: usize) {
-        debug_assert!(len <= self.capacity);
+        assert!(
+            len <= self.capacity,
+            "{len} positions > capacity {}",
+            self.capacity
+        );
         self.len = len;
     }
 
-    fn range(&self, layer: usize) -> std::ops::Range<usize> {
-        debug_assert!(layer < self.n_layer);
-        let size = self.capacity * self.n_embd;
-        layer * size..(layer + 1) * size
+    /// Elements of one (layer, head) block.
+    fn block(&self) -> usize {
+        self.head_dim * self.capacity
     }
 
-    /// Keys and values of `layer`: `capacity` rows of n_embd each.
-    pub(crate) fn layer_mut(&mut self, layer: usize) -> (&mut [f32], &mut [f32]) {
-        let r = self.range(layer);
-        (&mut self.k[r.clone()], &mut self.v[r])
+    /// Stores the key and value rows (`n_head · head_dim` each) of position `pos` in `layer`.
+    ///
+    /// Panics if `pos` is past the capacity or a row has the wrong length.
+    pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let (hd, cap, nh) = (self.head_dim, self.capacity, self.n_head);
+        assert!(
+            layer < self.n_layer && pos < cap,
+            "layer {layer}, position {pos}"
+        );
+        assert!(k.len() == nh * hd && v.len() == nh * hd, "row length");
+        let block = self.block();
+        let base = layer * nh * block;
+        fn put<E: Copy>(
+            kd: &mut [E],
+            vd: &mut [E],
+            k: &[f32],
+            v: &[f32],
+            at: Layout,
+            f: fn(f32) -> E,
+        ) {
+            for (h, (kh, vh)) in k.chunks_exact(at.hd).zip(v.chunks_exact(at.hd)).enumerate() {
+                let b = at.base + h * at.block;
+                for (d, &x) in kh.iter().enumerate() {
+                    kd[b + d * at.cap + at.pos] = f(x);
+                }
+                for (o, &x) in vd[b + at.pos * at.hd..][..at.hd].iter_mut().zip(vh) {
+                    *o = f(x);
+                }
+            }
+        }
+        let at = Layout {
+            base,
+            block,
+            cap,
+            hd,
+            pos,
+        };
+        match &mut self.data {
+            Data::F16 { k: kd, v: vd } => put(kd, vd, k, v, at, f16::from_f32),
+            Data::F32 { k: kd, v: vd } => put(kd, vd, k, v, at, |x| x),
+        }
+    }
+
+    /// Keys (transposed) and values of one head of `layer`.
+    pub(crate) fn head(&self, layer: usize, head: usize) -> KvHead<'_> {
+        assert!(
+            layer < self.n_layer && head < self.n_head,
+            "layer {layer}, head {head}"
+        );
+        let block = self.block();
+        let r = (layer * self.n_head + head) * block..(layer * self.n_head + head + 1) * block;
+        match &self.data {
+            Data::F16 { k, v } => KvHead::F16 {
+                kt: &k[r.clone()],
+                v: &v[r],
+            },
+            Data::F32 { k, v } => KvHead::F32 {
+                kt: &k[r.clone()],
+                v: &v[r],
+            },
+        }
+    }
+}
+
+/// Where one position's values go.
+#[derive(Clone, Copy)]
+struct Layout {
+    base: usize,
+    block: usize,
+    cap: usize,
+    hd: usize,
+    pos: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stored_transposed_and_values_by_row() {
+        for ty in [KvType::F16, KvType::F32] {
+            // 1 layer, 2 heads of 2, 3 positions.
+            let mut c = KvCache::new(1, 2, 2, 3, ty);
+            c.write(0, 1, &[1.0, 2.0, 3.0, 4.0], &[5.0, 6.0, 7.0, 8.0]);
+            let get = |h: KvHead<'_>| -> (Vec<f32>, Vec<f32>) {
+                match h {
+                    KvHead::F16 { kt, v } => (
+                        kt.iter().map(|x| x.to_f32()).collect(),
+                        v.iter().map(|x| x.to_f32()).collect(),
+                    ),
+                    KvHead::F32 { kt, v } => (kt.to_vec(), v.to_vec()),
+                }
+            };
+            let (kt, v) = get(c.head(0, 1));
+            // Head 1, dims (3, 4) at position 1: kt[d][p], v[p][d].
+            assert_eq!(kt, [0.0, 3.0, 0.0, 0.0, 4.0, 0.0]);
+            assert_eq!(v, [0.0, 0.0, 7.0, 8.0, 0.0, 0.0]);
+            assert_eq!(c.bytes(), 2 * 2 * 2 * 3 * ty.size());
+        }
     }
 }

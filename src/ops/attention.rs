@@ -1,90 +1,192 @@
-//! Causal multi-head attention over a KV cache.
-
-use std::cell::RefCell;
+//! Causal multi-head attention over a KV cache, on the attention kernels
+//! (`crate::kernels::attend`): blocks of keys with an online softmax, so memory does not grow
+//! with the square of the context.
 
 use rayon::prelude::*;
 
-use super::softmax;
+use crate::kernels::attend::{Attend, AttendFn, KvElem, MAX_HEAD_DIM, QUERIES};
 use crate::kernels::Kernels;
+use crate::model::{KvCache, KvHead};
 
-thread_local! {
-    /// Attention scores of one (token, head) pair, reused across calls.
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Attention for `t` new tokens whose keys and values are already in the cache.
+/// Attention for `t` new tokens whose keys and values are already in `cache` (layer `layer`).
 ///
-/// `q`: t rows with stride `q_stride`, the query in the first n_embd values of each row (so the
-/// fused QKV buffer can be passed as is); `k_cache`, `v_cache`: at least `pos0 + t` rows of
-/// n_embd = `n_head · head_dim`; `out`: t × n_embd. The new token i sits at position `pos0 + i`
-/// and attends to positions `0..=pos0 + i`.
+/// `q`: t rows with stride `q_stride`, the query in the first `n_head · head_dim` values of each
+/// row (so the fused QKV buffer can be passed as is); `out`: t × (n_head · head_dim). New token i
+/// sits at position `pos0 + i` and attends to positions `0..=pos0 + i`. Work is split over
+/// groups of four tokens (each task covering every head), or over heads when there are at most
+/// four tokens (decode).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     k: &Kernels,
     q: &[f32],
     q_stride: usize,
-    k_cache: &[f32],
-    v_cache: &[f32],
+    cache: &KvCache,
+    layer: usize,
     pos0: usize,
     n_head: usize,
     head_dim: usize,
     out: &mut [f32],
 ) {
     let n_embd = n_head * head_dim;
+    let t = out.len() / n_embd;
+    assert!(
+        head_dim <= MAX_HEAD_DIM,
+        "head width {head_dim} > {MAX_HEAD_DIM}"
+    );
+    assert!(q.len() >= (t.max(1) - 1) * q_stride + n_embd, "query rows");
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // One task per (token, head): out is laid out token-major, head-minor, head_dim wide.
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each(|(task, o)| {
-            let (i, h) = (task / n_head, task % n_head);
-            let n_ctx = pos0 + i + 1;
-            let qh = &q[i * q_stride + h * head_dim..][..head_dim];
-            SCORES.with(|s| {
-                let mut s = s.borrow_mut();
-                s.resize(n_ctx, 0.0);
-                for (p, sc) in s.iter_mut().enumerate() {
-                    *sc =
-                        (k.dot_f32)(qh, &k_cache[p * n_embd + h * head_dim..][..head_dim]) * scale;
-                }
-                softmax(&mut s);
-                o.fill(0.0);
-                for (p, &w) in s.iter().enumerate() {
-                    let vh = &v_cache[p * n_embd + h * head_dim..][..head_dim];
-                    for (a, &v) in o.iter_mut().zip(vh) {
-                        *a += w * v;
-                    }
-                }
+    let cap = cache.capacity();
+    // Queries i0..i0 + n of head h into `o` (rows of stride `o_stride`).
+    let run = |h: usize, i0: usize, n: usize, o: &mut [f32], o_stride: usize| {
+        let pos: [usize; QUERIES] = std::array::from_fn(|i| pos0 + i0 + i);
+        fn call<E: KvElem>(f: AttendFn<E>, kt: &[E], v: &[E], a: Attend<'_, ()>) {
+            f(Attend {
+                q: a.q,
+                q_stride: a.q_stride,
+                pos: a.pos,
+                kt,
+                v,
+                cap: a.cap,
+                head_dim: a.head_dim,
+                scale: a.scale,
+                out: a.out,
+                out_stride: a.out_stride,
             })
+        }
+        let args = Attend {
+            q: &q[i0 * q_stride + h * head_dim..],
+            q_stride,
+            pos: &pos[..n],
+            kt: &[],
+            v: &[],
+            cap,
+            head_dim,
+            scale,
+            out: o,
+            out_stride: o_stride,
+        };
+        match cache.head(layer, h) {
+            KvHead::F16 { kt, v } => call(k.attend_f16, kt, v, args),
+            KvHead::F32 { kt, v } => call(k.attend_f32, kt, v, args),
+        }
+    };
+    if t <= QUERIES {
+        // Decode: one task per head, each writing its own columns of a small buffer.
+        let parts: Vec<Vec<f32>> = (0..n_head)
+            .into_par_iter()
+            .map(|h| {
+                let mut o = vec![0.0f32; t * head_dim];
+                run(h, 0, t, &mut o, head_dim);
+                o
+            })
+            .collect();
+        for (h, part) in parts.iter().enumerate() {
+            for (i, row) in part.chunks_exact(head_dim).enumerate() {
+                out[i * n_embd + h * head_dim..][..head_dim].copy_from_slice(row);
+            }
+        }
+        return;
+    }
+    // Prefill: groups of four tokens, every head.
+    out.par_chunks_mut(QUERIES * n_embd)
+        .enumerate()
+        .for_each(|(g, o)| {
+            let n = o.len() / n_embd;
+            for h in 0..n_head {
+                run(h, g * QUERIES, n, &mut o[h * head_dim..], n_embd);
+            }
         });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::Isa;
+    use crate::model::KvType;
+    use crate::sampling::Rng;
 
-    #[test]
-    fn single_position_returns_its_value() {
-        // One token, two heads of width 2: with one position, softmax is 1 and out = v.
-        let q = [1.0, 2.0, 3.0, 4.0];
-        let k = [0.5, 0.5, 0.5, 0.5];
-        let v = [7.0, 8.0, 9.0, 10.0];
-        let mut out = [0.0; 4];
-        causal_attention(&Kernels::scalar(), &q, 4, &k, &v, 0, 2, 2, &mut out);
-        assert_eq!(out, v);
+    /// Plain softmax attention in f64 over the same (rounded) cache contents.
+    fn reference(
+        q: &[f32],
+        keys: &[Vec<f32>],
+        vals: &[Vec<f32>],
+        pos0: usize,
+        nh: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        let c = nh * hd;
+        let t = q.len() / c;
+        let mut out = vec![0.0f32; t * c];
+        for i in 0..t {
+            for h in 0..nh {
+                let qh = &q[i * c + h * hd..][..hd];
+                let n = pos0 + i + 1;
+                let scores: Vec<f64> = (0..n)
+                    .map(|p| {
+                        let kh = &keys[p][h * hd..][..hd];
+                        qh.iter()
+                            .zip(kh)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                let z: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let v: f64 = (0..n).map(|p| w[p] * vals[p][h * hd + d] as f64).sum();
+                    out[i * c + h * hd + d] = (v / z) as f32;
+                }
+            }
+        }
+        out
     }
 
+    /// Every ISA and cache type against the f64 reference: prefill of 70 tokens (blocks of 64
+    /// keys, a short last group of queries) after 5 cached positions, then a decode step.
     #[test]
-    fn later_tokens_see_earlier_positions_only() {
-        // Head width 1; keys equal so weights are uniform over the visible prefix.
-        let q = [1.0, 1.0];
-        let k = [1.0, 1.0, 1.0];
-        let v = [3.0, 5.0, 100.0];
-        let mut out = [0.0; 2];
-        causal_attention(&Kernels::scalar(), &q, 1, &k, &v, 0, 1, 1, &mut out);
-        assert_eq!(out[0], 3.0);
-        assert!(
-            (out[1] - 4.0).abs() < 1e-6,
-            "position 2 (v = 100) must stay hidden"
-        );
+    fn matches_plain_softmax_attention() {
+        let (nh, hd, cap) = (3, 16, 80);
+        let c = nh * hd;
+        let mut rng = Rng::new(3);
+        let mut r =
+            |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| (rng.next_f32() - 0.5) * a).collect() };
+        let keys: Vec<Vec<f32>> = (0..cap).map(|_| r(c, 4.0)).collect();
+        let vals: Vec<Vec<f32>> = (0..cap).map(|_| r(c, 2.0)).collect();
+        let q = r(76 * c, 4.0);
+        for ty in [KvType::F32, KvType::F16] {
+            let mut cache = KvCache::new(1, nh, hd, cap, ty);
+            let round = |x: &Vec<f32>| -> Vec<f32> {
+                match ty {
+                    KvType::F32 => x.clone(),
+                    KvType::F16 => x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect(),
+                }
+            };
+            let (kr, vr): (Vec<_>, Vec<_>) = (
+                keys.iter().map(round).collect(),
+                vals.iter().map(round).collect(),
+            );
+            for p in 0..cap {
+                cache.write(0, p, &keys[p], &vals[p]);
+            }
+            for isa in Isa::ALL {
+                let Some(k) = Kernels::for_isa(isa) else {
+                    continue;
+                };
+                for (pos0, t) in [(5, 70), (75, 1), (0, 3)] {
+                    let qs = &q[..t * c];
+                    let mut out = vec![0.0; t * c];
+                    causal_attention(&k, qs, c, &cache, 0, pos0, nh, hd, &mut out);
+                    let want = reference(qs, &kr, &vr, pos0, nh, hd);
+                    for (j, (g, w)) in out.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 2e-5 * (1.0 + w.abs()),
+                            "{isa} {ty:?} pos0={pos0} t={t} [{j}]: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,229 @@
+//! Attention of up to four queries over one head's cached keys and values, in blocks of 64 keys
+//! with an online softmax (running maximum and sum), so memory stays a few KiB whatever the
+//! context length. Written as plain loops over fixed-size arrays that LLVM vectorizes: each ISA
+//! level instantiates [`attend`] inside its own `#[target_feature]` function.
+//!
+//! Per block: the scores of every query against 64 keys are accumulated one dimension at a time
+//! from the transposed keys (a row of 64 consecutive positions per dimension: no horizontal
+//! sums); then each query's maximum, weights and sum are updated; then the weighted values are
+//! added one position at a time (a row of `head_dim` values per position).
+
+use half::f16;
+
+use super::math::exp_approx;
+
+/// Largest head width the kernels take (GPT-2 family models use 64).
+pub const MAX_HEAD_DIM: usize = 256;
+/// Queries per call.
+pub const QUERIES: usize = 4;
+/// Keys per block.
+const KEYS: usize = 64;
+
+/// A KV-cache element type.
+pub trait KvElem: Copy + Sync {
+    /// Converts `src` into `dst` (equal lengths).
+    fn widen(src: &[Self], dst: &mut [f32]);
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl KvElem for f16 {
+    #[inline(always)]
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        for (d, &h) in dst.iter_mut().zip(src) {
+            *d = f16_to_f32(h.to_bits());
+        }
+    }
+}
+
+/// f16 bits to f32 in integer and float operations that vectorize (no table, no branch): the
+/// f16 exponent and significand, shifted into f32 position, read as an f32 that is 2¹¹² too
+/// small (subnormals included, since the product is exact); infinities and NaNs are selected
+/// apart.
+#[inline(always)]
+fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
+    let special = f32::from_bits(0x7f80_0000 | ((h & 0x03ff) << 13));
+    let v = if h & 0x7c00 == 0x7c00 {
+        special
+    } else {
+        magnitude
+    };
+    f32::from_bits(v.to_bits() | ((h & 0x8000) << 16))
+}
+
+/// One call: queries `i` = 0..pos.len() (at most [`QUERIES`]) at positions `pos[i]`, each seeing
+/// keys 0..=pos[i].
+pub struct Attend<'a, E> {
+    /// Query i is `q[i · q_stride..][..head_dim]`.
+    pub q: &'a [f32],
+    /// Distance between queries in `q`.
+    pub q_stride: usize,
+    /// Position of each query.
+    pub pos: &'a [usize],
+    /// Keys, transposed: dimension d of position p at `kt[d · cap + p]`.
+    pub kt: &'a [E],
+    /// Values: dimension d of position p at `v[p · head_dim + d]`.
+    pub v: &'a [E],
+    /// Positions the cache holds (the row length of `kt`).
+    pub cap: usize,
+    /// Values per head.
+    pub head_dim: usize,
+    /// Score scale, 1/√head_dim.
+    pub scale: f32,
+    /// Output i is `out[i · out_stride..][..head_dim]`.
+    pub out: &'a mut [f32],
+    /// Distance between outputs in `out`.
+    pub out_stride: usize,
+}
+
+/// A function computing one [`Attend`] call.
+pub type AttendFn<E> = fn(Attend<'_, E>);
+
+/// Softmax(q·Kᵀ·scale)·V for each query. Panics on more than [`QUERIES`] queries, a head wider
+/// than [`MAX_HEAD_DIM`], or a position past the cache.
+#[inline(always)]
+pub(crate) fn attend<E: KvElem>(a: Attend<'_, E>) {
+    // Common widths get loops of constant length, which LLVM unrolls into registers.
+    match a.head_dim {
+        64 => attend_hd::<E, 64>(a),
+        128 => attend_hd::<E, 128>(a),
+        _ => attend_hd::<E, 0>(a),
+    }
+}
+
+/// [`attend`] for heads of width `HD` (0: `a.head_dim`, any width).
+#[inline(always)]
+fn attend_hd<E: KvElem, const HD: usize>(a: Attend<'_, E>) {
+    let nq = a.pos.len();
+    let hd = if HD == 0 { a.head_dim } else { HD };
+    assert!(
+        nq <= QUERIES && hd <= MAX_HEAD_DIM,
+        "{nq} queries of width {hd}"
+    );
+    let Some(&last) = a.pos.iter().max() else {
+        return;
+    };
+    assert!(last < a.cap, "position {last} past the cache ({})", a.cap);
+    assert!(
+        a.kt.len() >= hd * a.cap && a.v.len() >= hd * a.cap,
+        "head block size"
+    );
+    let mut q = [[0.0f32; MAX_HEAD_DIM]; QUERIES];
+    for (i, qi) in q.iter_mut().enumerate().take(nq) {
+        for (d, &x) in qi[..hd].iter_mut().zip(&a.q[i * a.q_stride..][..hd]) {
+            *d = x * a.scale;
+        }
+    }
+    let mut o = [[0.0f32; MAX_HEAD_DIM]; QUERIES];
+    let mut m = [f32::NEG_INFINITY; QUERIES];
+    let mut l = [0.0f32; QUERIES];
+    let mut s = [[0.0f32; KEYS]; QUERIES];
+    let mut row = [0.0f32; MAX_HEAD_DIM];
+    let n_keys = last + 1;
+    for p0 in (0..n_keys).step_by(KEYS) {
+        // Whole blocks where the cache has room (keys past the last query's position are
+        // computed and then masked); a short block only at the very end of the cache.
+        if p0 + KEYS <= a.cap {
+            scores::<E, KEYS>(&a, &q, &mut s, p0, KEYS, hd, nq);
+        } else {
+            scores::<E, 0>(&a, &q, &mut s, p0, a.cap - p0, hd, nq);
+        }
+        let n = KEYS.min(n_keys - p0);
+        // Online softmax: new maximum, rescale what was accumulated, weights of this block.
+        for i in 0..nq {
+            let visible = (a.pos[i] + 1).saturating_sub(p0).min(n);
+            let si = &mut s[i];
+            if visible == 0 {
+                si.fill(0.0);
+                continue;
+            }
+            let mx = si[..visible].iter().fold(m[i], |x, &y| x.max(y));
+            let corr = exp_approx((m[i] - mx).max(-87.0));
+            let mut sum = 0.0f32;
+            for x in si[..visible].iter_mut() {
+                *x = exp_approx((*x - mx).max(-87.0));
+                sum += *x;
+            }
+            si[visible..].fill(0.0);
+            l[i] = l[i] * corr + sum;
+            for x in o[i][..hd].iter_mut() {
+                *x *= corr;
+            }
+            m[i] = mx;
+        }
+        // Weighted values, one position at a time.
+        for j in 0..n {
+            E::widen(&a.v[(p0 + j) * hd..][..hd], &mut row[..hd]);
+            for (oi, si) in o.iter_mut().zip(&s).take(nq) {
+                let w = si[j];
+                for (x, &v) in oi[..hd].iter_mut().zip(&row[..hd]) {
+                    *x += w * v;
+                }
+            }
+        }
+    }
+    for (i, oi) in o.iter().enumerate().take(nq) {
+        let inv = 1.0 / l[i];
+        for (x, &v) in a.out[i * a.out_stride..][..hd].iter_mut().zip(&oi[..hd]) {
+            *x = v * inv;
+        }
+    }
+}
+
+/// Scores of the queries against keys p0..p0 + n (`N` keys, or `n` when `N` is 0), one dimension
+/// at a time from the transposed keys.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scores<E: KvElem, const N: usize>(
+    a: &Attend<'_, E>,
+    q: &[[f32; MAX_HEAD_DIM]; QUERIES],
+    s: &mut [[f32; KEYS]; QUERIES],
+    p0: usize,
+    n: usize,
+    hd: usize,
+    nq: usize,
+) {
+    let n = if N == 0 { n } else { N };
+    let mut row = [0.0f32; KEYS];
+    for si in s.iter_mut() {
+        si[..n].fill(0.0);
+    }
+    for d in 0..hd {
+        E::widen(&a.kt[d * a.cap + p0..][..n], &mut row[..n]);
+        for (si, qi) in s.iter_mut().zip(q).take(nq) {
+            let qd = qi[d];
+            for (x, &k) in si[..n].iter_mut().zip(&row[..n]) {
+                *x += qd * k;
+            }
+        }
+    }
+}
+
+/// [`attend`] without target features (the scalar level's entry).
+pub fn attend_portable<E: KvElem>(a: Attend<'_, E>) {
+    attend(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_the_half_crate_for_every_value() {
+        for bits in 0..=u16::MAX {
+            let want = f16::from_bits(bits).to_f32();
+            let got = f16_to_f32(bits);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{bits:#06x}: {got} vs {want}"
+            );
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::gguf::{file_type_short_name, GgufFile};
-use crate::model::{ForwardError, Gpt2, Logits, Scratch};
+use crate::model::{ForwardError, Gpt2, Logits, Scratch, SeqStep};
 use crate::sampling::Rng;
 
 /// Largest number of tokens one prompt-processing step carries (llama.cpp's default micro-batch).
@@ -53,10 +53,12 @@ impl ModelInfo {
 /// One test's timings.
 #[derive(Debug, Clone)]
 pub struct TestResult {
-    /// Prompt tokens processed (0 for a generation test).
+    /// Prompt tokens processed per sequence (0 for a generation test).
     pub n_prompt: usize,
-    /// Tokens generated (0 for a prompt test).
+    /// Tokens generated per sequence (0 for a prompt test).
     pub n_gen: usize,
+    /// Sequences run together (their tokens counted together).
+    pub n_seq: usize,
     /// Wall time of each repetition, nanoseconds.
     pub samples_ns: Vec<u64>,
 }
@@ -75,12 +77,16 @@ fn stddev(x: &[f64]) -> f64 {
 }
 
 impl TestResult {
-    /// "pp512", "tg128" or "pp512+tg128".
+    /// "pp512", "tg128" or "pp512+tg128", with "×8" for 8 sequences together.
     pub fn name(&self) -> String {
-        match (self.n_prompt, self.n_gen) {
+        let base = match (self.n_prompt, self.n_gen) {
             (p, 0) => format!("pp{p}"),
             (0, g) => format!("tg{g}"),
             (p, g) => format!("pp{p}+tg{g}"),
+        };
+        match self.n_seq {
+            1 => base,
+            s => format!("{base}×{s}"),
         }
     }
 
@@ -88,9 +94,9 @@ impl TestResult {
         self.samples_ns.iter().map(|&n| n as f64).collect()
     }
 
-    /// Tokens per second of each repetition.
+    /// Tokens per second of each repetition (all sequences together).
     pub fn samples_ts(&self) -> Vec<f64> {
-        let n = (self.n_prompt + self.n_gen) as f64;
+        let n = (self.n_seq * (self.n_prompt + self.n_gen)) as f64;
         self.ns().iter().map(|&t| 1e9 * n / t).collect()
     }
 
@@ -115,31 +121,53 @@ impl TestResult {
     }
 }
 
-/// Runs one test (`n_prompt` tokens processed, then `n_gen` generated) `reps` times after a
-/// warm-up; tokens are random (seeded, so runs repeat).
+/// Runs one test `reps` times after a warm-up: `n_seq` sequences together (one batched step for
+/// their prompts of `n_prompt` tokens, then `n_gen` batched steps of one token each). Tokens are
+/// random (seeded, so runs repeat).
 pub fn run_test(
     model: &Gpt2,
     n_prompt: usize,
     n_gen: usize,
+    n_seq: usize,
     reps: usize,
 ) -> Result<TestResult, ForwardError> {
     let cfg = model.config();
-    let n_vocab = cfg.n_vocab as u64;
-    let mut cache = model.new_cache(n_prompt + n_gen);
-    let mut scratch = Scratch::new(cfg, n_prompt.clamp(1, MAX_BATCH));
-    let mut logits = vec![0.0f32; cfg.n_vocab];
+    let (n_vocab, n_seq) = (cfg.n_vocab as u64, n_seq.max(1));
+    let mut caches: Vec<_> = (0..n_seq)
+        .map(|_| model.new_cache(n_prompt + n_gen))
+        .collect();
+    let mut scratch = Scratch::new(cfg, (n_seq * n_prompt).clamp(n_seq, MAX_BATCH.max(n_seq)));
+    let mut logits = vec![vec![0.0f32; cfg.n_vocab]; n_seq];
     let mut rng = Rng::new(0x006c_6c61_6d61);
     let mut token = || (rng.next_u64() % n_vocab) as u32;
     let mut once = |n_prompt: usize, n_gen: usize| -> Result<u64, ForwardError> {
-        cache.clear();
-        let prompt: Vec<u32> = (0..n_prompt).map(|_| token()).collect();
-        let gen: Vec<u32> = (0..n_gen).map(|_| token()).collect();
+        caches.iter_mut().for_each(|c| c.clear());
+        let prompts: Vec<Vec<u32>> = (0..n_seq)
+            .map(|_| (0..n_prompt).map(|_| token()).collect())
+            .collect();
+        let gen: Vec<Vec<u32>> = (0..n_gen)
+            .map(|_| (0..n_seq).map(|_| token()).collect())
+            .collect();
+        let mut step = |tokens: &mut dyn Iterator<Item = &[u32]>| {
+            let mut steps: Vec<SeqStep<'_>> = caches
+                .iter_mut()
+                .zip(logits.iter_mut())
+                .zip(tokens)
+                .map(|((cache, logits), tokens)| SeqStep {
+                    cache,
+                    tokens,
+                    which: Logits::Last,
+                    logits,
+                })
+                .collect();
+            model.forward_batch(&mut steps, &mut scratch)
+        };
         let start = Instant::now();
         if n_prompt > 0 {
-            model.forward(&mut cache, &prompt, &mut scratch, Logits::Last, &mut logits)?;
+            step(&mut prompts.iter().map(|p| p.as_slice()))?;
         }
-        for &t in &gen {
-            model.forward(&mut cache, &[t], &mut scratch, Logits::Last, &mut logits)?;
+        for g in &gen {
+            step(&mut g.chunks(1))?;
         }
         Ok(start.elapsed().as_nanos() as u64)
     };
@@ -151,6 +179,7 @@ pub fn run_test(
     Ok(TestResult {
         n_prompt,
         n_gen,
+        n_seq,
         samples_ns,
     })
 }
@@ -185,6 +214,7 @@ mod tests {
         let r = TestResult {
             n_prompt: 0,
             n_gen: 100,
+            n_seq: 1,
             samples_ns: vec![1_000_000_000, 500_000_000],
         };
         assert_eq!(r.name(), "tg100");
@@ -193,6 +223,9 @@ mod tests {
         // Sample standard deviation: |100 − 200| / √2.
         assert!((r.stddev_ts() - 50.0 * 2f64.sqrt()).abs() < 1e-9);
         assert_eq!(r.avg_ns(), 750_000_000.0);
+        let r8 = TestResult { n_seq: 8, ..r };
+        assert_eq!(r8.name(), "tg100×8");
+        assert_eq!(r8.samples_ts(), vec![800.0, 1600.0]);
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub struct Args {
     /// Generation tests: tokens per test, comma-separated (0 skips).
     #[arg(short = 'n', long, value_delimiter = ',', default_value = "128")]
     n_gen: Vec<usize>,
+    /// Model: sequences run together in each test, comma-separated (8: eight sequences, each
+    /// step advancing all of them; t/s counts every sequence's tokens).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    seqs: Vec<usize>,
     /// Model: element type of the KV cache.
     #[arg(long, value_enum, default_value = "f16")]
     kv_type: KvTypeArg,
@@ -68,13 +72,30 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
     let kv = m.model.kv_type().name();
     let info = ModelInfo::new(path, m.model.file());
     let n_ctx = m.model.config().n_ctx;
-    let tests: Vec<(usize, usize)> = (args.n_prompt.iter().filter(|&&p| p > 0).map(|&p| (p, 0)))
-        .chain(args.n_gen.iter().filter(|&&g| g > 0).map(|&g| (0, g)))
+    if args.seqs.contains(&0) {
+        return Err("--seqs must be at least 1".into());
+    }
+    let tests: Vec<(usize, usize, usize)> = args
+        .seqs
+        .iter()
+        .flat_map(|&s| {
+            (args
+                .n_prompt
+                .iter()
+                .filter(|&&p| p > 0)
+                .map(move |&p| (p, 0, s)))
+            .chain(
+                args.n_gen
+                    .iter()
+                    .filter(|&&g| g > 0)
+                    .map(move |&g| (0, g, s)),
+            )
+        })
         .collect();
     if tests.is_empty() {
         return Err("nothing to run: every -p and -n value is 0".into());
     }
-    if let Some(&(p, g)) = tests.iter().find(|&&(p, g)| p + g > n_ctx) {
+    if let Some(&(p, g, _)) = tests.iter().find(|&&(p, g, _)| p + g > n_ctx) {
         let name = if p > 0 {
             format!("pp{p}")
         } else {
@@ -88,8 +109,8 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
         writeln!(s, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
         print_flush(&std::mem::take(&mut s))?;
     }
-    for (n_prompt, n_gen) in tests {
-        let r = run_test(&m.model, n_prompt, n_gen, args.reps)?;
+    for (n_prompt, n_gen, n_seq) in tests {
+        let r = run_test(&m.model, n_prompt, n_gen, n_seq, args.reps)?;
         if args.json {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -110,6 +131,7 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
                 "use_mmap": true,
                 "n_prompt": r.n_prompt,
                 "n_gen": r.n_gen,
+                "n_seq": r.n_seq,
                 "n_depth": 0,
                 "test_time": rfc3339(now),
                 "avg_ns": r.avg_ns().round() as u64,

@@ -19,25 +19,41 @@ pub const QUERIES: usize = 4;
 /// Keys per block.
 const KEYS: usize = 64;
 
+/// How an ISA level converts f16 to f32 (x86 levels with F16C use `vcvtph2ps`).
+pub trait Widen {
+    /// Converts `src` into `dst` (equal lengths).
+    fn f16(src: &[f16], dst: &mut [f32]);
+}
+
+/// The portable conversion: branch-free bit manipulation that vectorizes.
+pub struct Portable;
+
+impl Widen for Portable {
+    #[inline(always)]
+    fn f16(src: &[f16], dst: &mut [f32]) {
+        for (d, &h) in dst.iter_mut().zip(src) {
+            *d = f16_to_f32(h.to_bits());
+        }
+    }
+}
+
 /// A KV-cache element type.
 pub trait KvElem: Copy + Sync {
-    /// Converts `src` into `dst` (equal lengths).
-    fn widen(src: &[Self], dst: &mut [f32]);
+    /// Converts `src` into `dst` (equal lengths) with `X`'s f16 conversion.
+    fn widen<X: Widen>(src: &[Self], dst: &mut [f32]);
 }
 
 impl KvElem for f32 {
     #[inline(always)]
-    fn widen(src: &[f32], dst: &mut [f32]) {
+    fn widen<X: Widen>(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
 }
 
 impl KvElem for f16 {
     #[inline(always)]
-    fn widen(src: &[f16], dst: &mut [f32]) {
-        for (d, &h) in dst.iter_mut().zip(src) {
-            *d = f16_to_f32(h.to_bits());
-        }
+    fn widen<X: Widen>(src: &[f16], dst: &mut [f32]) {
+        X::f16(src, dst)
     }
 }
 
@@ -46,7 +62,7 @@ impl KvElem for f16 {
 /// small (subnormals included, since the product is exact); infinities and NaNs are selected
 /// apart.
 #[inline(always)]
-fn f16_to_f32(h: u16) -> f32 {
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let h = h as u32;
     let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
     let special = f32::from_bits(0x7f80_0000 | ((h & 0x03ff) << 13));
@@ -89,18 +105,19 @@ pub type AttendFn<E> = fn(Attend<'_, E>);
 /// Softmax(q·Kᵀ·scale)·V for each query. Panics on more than [`QUERIES`] queries, a head wider
 /// than [`MAX_HEAD_DIM`], or a position past the cache.
 #[inline(always)]
-pub(crate) fn attend<E: KvElem>(a: Attend<'_, E>) {
+pub(crate) fn attend<E: KvElem, X: Widen>(a: Attend<'_, E>) {
     // Common widths get loops of constant length, which LLVM unrolls into registers.
+    // `B` sizes the stack buffers: zeroing 4 × 256 floats per call showed in decode profiles.
     match a.head_dim {
-        64 => attend_hd::<E, 64>(a),
-        128 => attend_hd::<E, 128>(a),
-        _ => attend_hd::<E, 0>(a),
+        64 => attend_hd::<E, X, 64, 64>(a),
+        128 => attend_hd::<E, X, 128, 128>(a),
+        _ => attend_hd::<E, X, 0, MAX_HEAD_DIM>(a),
     }
 }
 
-/// [`attend`] for heads of width `HD` (0: `a.head_dim`, any width).
+/// [`attend`] for heads of width `HD` (0: `a.head_dim`, any width up to `B`).
 #[inline(always)]
-fn attend_hd<E: KvElem, const HD: usize>(a: Attend<'_, E>) {
+fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_, E>) {
     let nq = a.pos.len();
     let hd = if HD == 0 { a.head_dim } else { HD };
     assert!(
@@ -115,25 +132,25 @@ fn attend_hd<E: KvElem, const HD: usize>(a: Attend<'_, E>) {
         a.kt.len() >= hd * a.cap && a.v.len() >= hd * a.cap,
         "head block size"
     );
-    let mut q = [[0.0f32; MAX_HEAD_DIM]; QUERIES];
+    let mut q = [[0.0f32; B]; QUERIES];
     for (i, qi) in q.iter_mut().enumerate().take(nq) {
         for (d, &x) in qi[..hd].iter_mut().zip(&a.q[i * a.q_stride..][..hd]) {
             *d = x * a.scale;
         }
     }
-    let mut o = [[0.0f32; MAX_HEAD_DIM]; QUERIES];
+    let mut o = [[0.0f32; B]; QUERIES];
     let mut m = [f32::NEG_INFINITY; QUERIES];
     let mut l = [0.0f32; QUERIES];
     let mut s = [[0.0f32; KEYS]; QUERIES];
-    let mut row = [0.0f32; MAX_HEAD_DIM];
+    let mut row = [0.0f32; B];
     let n_keys = last + 1;
     for p0 in (0..n_keys).step_by(KEYS) {
         // Whole blocks where the cache has room (keys past the last query's position are
         // computed and then masked); a short block only at the very end of the cache.
         if p0 + KEYS <= a.cap {
-            scores::<E, KEYS>(&a, &q, &mut s, p0, KEYS, hd, nq);
+            scores::<E, X, KEYS, B>(&a, &q, &mut s, p0, KEYS, hd, nq);
         } else {
-            scores::<E, 0>(&a, &q, &mut s, p0, a.cap - p0, hd, nq);
+            scores::<E, X, 0, B>(&a, &q, &mut s, p0, a.cap - p0, hd, nq);
         }
         let n = KEYS.min(n_keys - p0);
         // Online softmax: new maximum, rescale what was accumulated, weights of this block.
@@ -160,7 +177,7 @@ fn attend_hd<E: KvElem, const HD: usize>(a: Attend<'_, E>) {
         }
         // Weighted values, one position at a time.
         for j in 0..n {
-            E::widen(&a.v[(p0 + j) * hd..][..hd], &mut row[..hd]);
+            E::widen::<X>(&a.v[(p0 + j) * hd..][..hd], &mut row[..hd]);
             for (oi, si) in o.iter_mut().zip(&s).take(nq) {
                 let w = si[j];
                 for (x, &v) in oi[..hd].iter_mut().zip(&row[..hd]) {
@@ -181,9 +198,9 @@ fn attend_hd<E: KvElem, const HD: usize>(a: Attend<'_, E>) {
 /// at a time from the transposed keys.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn scores<E: KvElem, const N: usize>(
+fn scores<E: KvElem, X: Widen, const N: usize, const B: usize>(
     a: &Attend<'_, E>,
-    q: &[[f32; MAX_HEAD_DIM]; QUERIES],
+    q: &[[f32; B]; QUERIES],
     s: &mut [[f32; KEYS]; QUERIES],
     p0: usize,
     n: usize,
@@ -196,7 +213,7 @@ fn scores<E: KvElem, const N: usize>(
         si[..n].fill(0.0);
     }
     for d in 0..hd {
-        E::widen(&a.kt[d * a.cap + p0..][..n], &mut row[..n]);
+        E::widen::<X>(&a.kt[d * a.cap + p0..][..n], &mut row[..n]);
         for (si, qi) in s.iter_mut().zip(q).take(nq) {
             let qd = qi[d];
             for (x, &k) in si[..n].iter_mut().zip(&row[..n]) {
@@ -208,7 +225,7 @@ fn scores<E: KvElem, const N: usize>(
 
 /// [`attend`] without target features (the scalar level's entry).
 pub fn attend_portable<E: KvElem>(a: Attend<'_, E>) {
-    attend(a)
+    attend::<E, Portable>(a)
 }
 
 #[cfg(test)]

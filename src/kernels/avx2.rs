@@ -48,7 +48,35 @@ pub(super) fn table() -> Kernels {
     }
 }
 
-super::attend_entries!("avx2,fma,f16c");
+super::attend_entries!("avx2,fma,f16c", F16c);
+
+/// f16 → f32 with `vcvtph2ps`, for the attention kernels of the x86 levels.
+pub(super) struct F16c;
+
+impl super::attend::Widen for F16c {
+    #[inline(always)]
+    fn f16(src: &[half::f16], dst: &mut [f32]) {
+        // SAFETY: `F16c` is private to the x86 kernel files and only instantiated inside
+        // `attend_entries!` functions of the AVX2 and AVX-512 tables, which are reached after
+        // F16C (and AVX) were detected.
+        unsafe { f16c_convert(src, dst) }
+    }
+}
+
+/// Eight values at a time with F16C, the rest one by one.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16c_convert(src: &[half::f16], dst: &mut [f32]) {
+    let n = src.len().min(dst.len()) / 8 * 8;
+    for (s, d) in src[..n].chunks_exact(8).zip(dst[..n].chunks_exact_mut(8)) {
+        // SAFETY: `s` holds 8 halves (16 bytes) and `d` room for 8 floats.
+        let v = unsafe { _mm_loadu_si128(s.as_ptr().cast()) };
+        unsafe { _mm256_storeu_ps(d.as_mut_ptr(), _mm256_cvtph_ps(v)) };
+    }
+    for (d, s) in dst[n..].iter_mut().zip(&src[n..]) {
+        *d = super::attend::f16_to_f32(s.to_bits());
+    }
+}
 
 /// GELU at AVX2 width.
 pub(super) fn gelu(x: &mut [f32]) {

@@ -54,7 +54,7 @@ pub(super) fn table() -> Kernels {
     }
 }
 
-super::attend_entries!("avx2,fma,f16c,avx512f,avx512bw,avx512vl");
+super::attend_entries!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", avx2::F16c);
 
 /// GELU at AVX-512 width.
 fn gelu(x: &mut [f32]) {

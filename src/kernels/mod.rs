@@ -169,12 +169,12 @@ pub struct Kernels {
 
 /// The attention entries of an ISA level: `attend::attend` compiled for `$features`.
 macro_rules! attend_entries {
-    ($features:literal) => {
+    ($features:literal, $widen:ty) => {
         /// Attention over an F32 cache at this level's vector width.
         pub(super) fn attend_f32(a: super::attend::Attend<'_, f32>) {
             #[target_feature(enable = $features)]
             fn wide(a: super::attend::Attend<'_, f32>) {
-                super::attend::attend(a)
+                super::attend::attend::<f32, $widen>(a)
             }
             // SAFETY: reachable only through this level's table, built after its features were
             // detected.
@@ -185,7 +185,7 @@ macro_rules! attend_entries {
         pub(super) fn attend_f16(a: super::attend::Attend<'_, half::f16>) {
             #[target_feature(enable = $features)]
             fn wide(a: super::attend::Attend<'_, half::f16>) {
-                super::attend::attend(a)
+                super::attend::attend::<half::f16, $widen>(a)
             }
             // SAFETY: as above.
             unsafe { wide(a) }

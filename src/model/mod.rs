@@ -1,5 +1,6 @@
 //! GPT-2: hyperparameters, typed weights, KV cache and the forward pass.
 
+mod batch;
 mod config;
 mod error;
 mod gpt2;
@@ -7,6 +8,7 @@ mod kv_cache;
 mod loaded;
 mod weights;
 
+pub use batch::SeqStep;
 pub use config::Gpt2Config;
 pub use error::ModelError;
 pub use gpt2::{ForwardError, Gpt2, Logits, Scratch};

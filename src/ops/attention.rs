@@ -14,7 +14,9 @@ use crate::model::{KvCache, KvHead};
 /// row (so the fused QKV buffer can be passed as is); `out`: t × (n_head · head_dim). New token i
 /// sits at position `pos0 + i` and attends to positions `0..=pos0 + i`. Work is split over
 /// groups of four tokens (each task covering every head), or over heads when there are at most
-/// four tokens (decode).
+/// four tokens (decode) and `split_heads` is set (a caller that already runs several sequences
+/// in parallel passes false: nested tasks for a few microseconds of work cost more than they
+/// save).
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention(
     k: &Kernels,
@@ -26,6 +28,7 @@ pub fn causal_attention(
     n_head: usize,
     head_dim: usize,
     out: &mut [f32],
+    split_heads: bool,
 ) {
     let n_embd = n_head * head_dim;
     let t = out.len() / n_embd;
@@ -70,6 +73,12 @@ pub fn causal_attention(
             KvHead::F32 { kt, v } => call(k.attend_f32, kt, v, args),
         }
     };
+    if t <= QUERIES && !split_heads {
+        for h in 0..n_head {
+            run(h, 0, t, &mut out[h * head_dim..], n_embd);
+        }
+        return;
+    }
     if t <= QUERIES {
         // Decode: one task per head, each writing its own columns of a small buffer.
         let parts: Vec<Vec<f32>> = (0..n_head)
@@ -177,7 +186,7 @@ mod tests {
                 for (pos0, t) in [(5, 70), (75, 1), (0, 3)] {
                     let qs = &q[..t * c];
                     let mut out = vec![0.0; t * c];
-                    causal_attention(&k, qs, c, &cache, 0, pos0, nh, hd, &mut out);
+                    causal_attention(&k, qs, c, &cache, 0, pos0, nh, hd, &mut out, t % 2 == 1);
                     let want = reference(qs, &kr, &vr, pos0, nh, hd);
                     for (j, (g, w)) in out.iter().zip(&want).enumerate() {
                         assert!(

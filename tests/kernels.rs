@@ -518,6 +518,34 @@ fn check_gelu(k: &Kernels) {
     );
 }
 
+/// The float GEMM tile against an f64 sum of the same products, for row lengths 1, 37 and 256
+/// (with one column shorter, which bounds the length). Tolerance as for the dot products.
+fn check_gemm16_f32(k: &Kernels) {
+    use qgpt::kernels::gemm_f32::{COLS, ROWS};
+    let mut rng = Rng::new(11);
+    for n in [1usize, 37, 256] {
+        let w = floats(&mut rng, n * ROWS, 2.0);
+        let xs: Vec<Vec<f32>> = (0..COLS)
+            .map(|c| floats(&mut rng, n + c % 2, 3.0))
+            .collect();
+        let x: [&[f32]; COLS] = std::array::from_fn(|c| xs[c].as_slice());
+        let mut out = [[f32::NAN; ROWS]; COLS];
+        (k.gemm16_f32)(&w, x, &mut out);
+        for c in 0..COLS {
+            for r in 0..ROWS {
+                let terms: Vec<f64> = (0..n)
+                    .map(|kk| w[kk * ROWS + r] as f64 * x[c][kk] as f64)
+                    .collect();
+                check(
+                    &format!("{} gemm16_f32 n={n} [{c}][{r}]", k.isa),
+                    out[c][r],
+                    &terms,
+                );
+            }
+        }
+    }
+}
+
 fn check_q6_k(k: &Kernels) {
     let mut rng = Rng::new(4);
     for nb in [1, 3, 12] {
@@ -640,6 +668,11 @@ macro_rules! battery {
             #[test]
             fn panel_quad_and_gemm16_kernels() {
                 if let Some(k) = kernels() { check_interleaved(&k) }
+            }
+
+            #[test]
+            fn float_gemm_tile() {
+                if let Some(k) = kernels() { check_gemm16_f32(&k) }
             }
 
             #[test]

@@ -43,6 +43,7 @@ pub(super) fn table() -> Kernels {
         dot_f32_bytes,
         dot_f32,
         gelu,
+        gemm16_f32,
         attend_f32,
         attend_f16,
     }
@@ -76,6 +77,41 @@ unsafe fn f16c_convert(src: &[half::f16], dst: &mut [f32]) {
     for (d, s) in dst[n..].iter_mut().zip(&src[n..]) {
         *d = super::attend::f16_to_f32(s.to_bits());
     }
+}
+
+/// The float GEMM tile: sixteen rows in two registers, four columns at a time (eight
+/// accumulators: all eight columns would spill AVX2's sixteen registers).
+pub(super) fn gemm16_f32(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
+    #[target_feature(enable = "avx2,fma")]
+    fn wide(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
+        let n = x.iter().map(|c| c.len()).fold(w.len() / 16, usize::min);
+        for half in 0..2 {
+            let xs = &x[4 * half..4 * half + 4];
+            let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+            for k in 0..n {
+                // SAFETY: 16·k + 16 ≤ w.len() since k < n ≤ w.len() / 16.
+                let (w0, w1) = unsafe {
+                    let p = w.as_ptr().add(16 * k);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                };
+                for (a, xc) in acc.iter_mut().zip(xs) {
+                    // SAFETY: k < n ≤ xc.len().
+                    let v = _mm256_set1_ps(unsafe { *xc.get_unchecked(k) });
+                    a[0] = _mm256_fmadd_ps(w0, v, a[0]);
+                    a[1] = _mm256_fmadd_ps(w1, v, a[1]);
+                }
+            }
+            for (o, a) in out[4 * half..4 * half + 4].iter_mut().zip(acc) {
+                // SAFETY: `o` has room for 16 floats.
+                unsafe {
+                    _mm256_storeu_ps(o.as_mut_ptr(), a[0]);
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8), a[1]);
+                }
+            }
+        }
+    }
+    // SAFETY: reachable only through `table()`, after `detected()` confirmed AVX2 and FMA.
+    unsafe { wide(w, x, out) }
 }
 
 /// GELU at AVX2 width.

@@ -49,12 +49,38 @@ pub(super) fn table() -> Kernels {
         dot_f32_bytes: avx2::dot_f32_bytes,
         dot_f32: avx2::dot_f32,
         gelu,
+        gemm16_f32,
         attend_f32,
         attend_f16,
     }
 }
 
 super::attend_entries!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", avx2::F16c);
+
+/// The float GEMM tile: sixteen rows in one register, eight accumulators, each activation value
+/// an embedded broadcast.
+fn gemm16_f32(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    fn wide(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
+        let n = x.iter().map(|c| c.len()).fold(w.len() / 16, usize::min);
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for k in 0..n {
+            // SAFETY: 16·k + 16 ≤ w.len() since k < n ≤ w.len() / 16.
+            let wk = unsafe { _mm512_loadu_ps(w.as_ptr().add(16 * k)) };
+            for (a, xc) in acc.iter_mut().zip(&x) {
+                // SAFETY: k < n ≤ xc.len().
+                let v = unsafe { *xc.get_unchecked(k) };
+                *a = _mm512_fmadd_ps(wk, _mm512_set1_ps(v), *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` has room for 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+    // SAFETY: reachable only through `table()`, after `detected()` confirmed AVX-512 and FMA.
+    unsafe { wide(w, x, out) }
+}
 
 /// GELU at AVX-512 width.
 fn gelu(x: &mut [f32]) {

@@ -12,6 +12,7 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512_interleaved;
+pub mod gemm_f32;
 mod math;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -161,6 +162,8 @@ pub struct Kernels {
     pub dot_f32: DotFn<f32, f32>,
     /// GELU (tanh form) in place.
     pub gelu: fn(&mut [f32]),
+    /// 16 × 8 float tiles over regrouped F32/F16 weight rows (prefill on float models).
+    pub gemm16_f32: gemm_f32::Gemm16F32Fn,
     /// Attention over an F32 KV cache.
     pub attend_f32: attend::AttendFn<f32>,
     /// Attention over an F16 KV cache.
@@ -236,6 +239,7 @@ impl Kernels {
             dot_f32_bytes: scalar::dot_f32_bytes,
             dot_f32: scalar::dot_f32,
             gelu: scalar::gelu,
+            gemm16_f32: gemm_f32::tile_portable,
             attend_f32: attend::attend_portable,
             attend_f16: attend::attend_portable,
         }

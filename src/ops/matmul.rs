@@ -126,9 +126,9 @@ pub fn linear(
     }
 }
 
-/// The batched paths that write the t × n_out result themselves, bias included: regrouped
-/// 16 × 8 tiles for large batches, 4 × 16 panels for small ones. False when the type or the
-/// kernels have neither.
+/// The batched paths that write the t × n_out result themselves, bias included: float tiles
+/// over regrouped rows for F32/F16 weights; for the integer types, regrouped 16 × 8 tiles for
+/// large batches and 4 × 16 panels for small ones. False when the type or the kernels have none.
 fn batched(
     k: &Kernels,
     file: &[u8],
@@ -139,6 +139,10 @@ fn batched(
     out: &mut [f32],
 ) -> bool {
     let t = x.len() / w.n_in;
+    if matches!(w.ty, GgmlType::F32 | GgmlType::F16) && t >= super::gemm_f32::MIN_BATCH {
+        super::gemm_f32::linear(k, file, w, x, bias, out);
+        return true;
+    }
     if let (Some(g), true) = (k.gemm16, super::gemm16::applies(k, t)) {
         use super::gemm16::linear as gemm16;
         if !matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {

@@ -4,6 +4,7 @@
 mod attention;
 mod columns;
 mod gemm16;
+mod gemm_f32;
 mod matmul;
 mod norm;
 mod panel;

@@ -106,11 +106,19 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(),
                 *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
             }
         }
-        GgmlType::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16_bits_to_f32([b[0], b[1]]);
+        GgmlType::F16 => match bytemuck::try_cast_slice::<u8, f16>(bytes) {
+            // Tensor data is aligned in GGUF files: convert the whole row at once (F16C or NEON
+            // where the CPU has them).
+            Ok(halves) if cfg!(target_endian = "little") => {
+                use half::slice::HalfFloatSliceExt;
+                halves.convert_to_f32_slice(out);
             }
-        }
+            _ => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16_bits_to_f32([b[0], b[1]]);
+                }
+            }
+        },
         GgmlType::Q8_0 => dequantize_blocks::<BlockQ8_0>(bytes, out),
         GgmlType::Q4_0 => dequantize_blocks::<BlockQ4_0>(bytes, out),
         GgmlType::Q4_1 => dequantize_blocks::<BlockQ4_1>(bytes, out),

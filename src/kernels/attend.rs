@@ -17,18 +17,51 @@ pub const MAX_HEAD_DIM: usize = 256;
 /// Queries per call.
 pub const QUERIES: usize = 4;
 /// Keys per block.
-const KEYS: usize = 64;
+pub const KEYS: usize = 64;
 
-/// How an ISA level converts f16 to f32 (x86 levels with F16C use `vcvtph2ps`).
+/// How an ISA level converts f16 to f32 (x86 levels with F16C use `vcvtph2ps`), and whether it
+/// has fused multiply-adds in hardware (elsewhere `mul_add` is a library call).
 pub trait Widen {
+    /// Use `mul_add` in the inner loops.
+    const FMA: bool;
     /// Converts `src` into `dst` (equal lengths).
     fn f16(src: &[f16], dst: &mut [f32]);
+
+    /// A level's own kernel for the scores of a whole block, heads of width 64:
+    /// `s[i][j] = Σ_d q[i][d] · kt[d · cap + p0 + j]` for all four queries (unused query rows
+    /// are zero) and j < 64, where `p0 + 64 ≤ cap`. False when the level has none (the portable
+    /// loops run instead).
+    #[inline(always)]
+    fn scores64<E: KvElem>(
+        _kt: &[E],
+        _cap: usize,
+        _p0: usize,
+        _q: [&[f32]; QUERIES],
+        _s: &mut [[f32; KEYS]; QUERIES],
+    ) -> bool {
+        false
+    }
+
+    /// A level's own kernel for the weighted values of a block, heads of width 64:
+    /// `o[i][d] += Σ_{j<n} s[i][j] · v[(p0 + j) · 64 + d]` for all four queries. False when the
+    /// level has none.
+    #[inline(always)]
+    fn pv64<E: KvElem>(
+        _v: &[E],
+        _p0: usize,
+        _n: usize,
+        _s: &[[f32; KEYS]; QUERIES],
+        _o: [&mut [f32]; QUERIES],
+    ) -> bool {
+        false
+    }
 }
 
 /// The portable conversion: branch-free bit manipulation that vectorizes.
 pub struct Portable;
 
 impl Widen for Portable {
+    const FMA: bool = false;
     #[inline(always)]
     fn f16(src: &[f16], dst: &mut [f32]) {
         for (d, &h) in dst.iter_mut().zip(src) {
@@ -37,10 +70,35 @@ impl Widen for Portable {
     }
 }
 
+/// The portable conversion on a level with hardware FMA (aarch64).
+pub struct PortableFma;
+
+impl Widen for PortableFma {
+    const FMA: bool = true;
+    #[inline(always)]
+    fn f16(src: &[f16], dst: &mut [f32]) {
+        Portable::f16(src, dst)
+    }
+}
+
+/// `a·b + c`, fused where `X` says the hardware has it.
+#[inline(always)]
+fn madd<X: Widen>(a: f32, b: f32, c: f32) -> f32 {
+    if X::FMA {
+        a.mul_add(b, c)
+    } else {
+        c + a * b
+    }
+}
+
 /// A KV-cache element type.
 pub trait KvElem: Copy + Sync {
     /// Converts `src` into `dst` (equal lengths) with `X`'s f16 conversion.
     fn widen<X: Widen>(src: &[Self], dst: &mut [f32]);
+    /// The slice as f16, if that is the type.
+    fn as_f16(s: &[Self]) -> Option<&[f16]>;
+    /// The slice as f32, if that is the type.
+    fn as_f32(s: &[Self]) -> Option<&[f32]>;
 }
 
 impl KvElem for f32 {
@@ -48,12 +106,28 @@ impl KvElem for f32 {
     fn widen<X: Widen>(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
+    #[inline(always)]
+    fn as_f16(_: &[f32]) -> Option<&[f16]> {
+        None
+    }
+    #[inline(always)]
+    fn as_f32(s: &[f32]) -> Option<&[f32]> {
+        Some(s)
+    }
 }
 
 impl KvElem for f16 {
     #[inline(always)]
     fn widen<X: Widen>(src: &[f16], dst: &mut [f32]) {
         X::f16(src, dst)
+    }
+    #[inline(always)]
+    fn as_f16(s: &[f16]) -> Option<&[f16]> {
+        Some(s)
+    }
+    #[inline(always)]
+    fn as_f32(_: &[f16]) -> Option<&[f32]> {
+        None
     }
 }
 
@@ -148,7 +222,10 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
         // Whole blocks where the cache has room (keys past the last query's position are
         // computed and then masked); a short block only at the very end of the cache.
         if p0 + KEYS <= a.cap {
-            scores::<E, X, KEYS, B>(&a, &q, &mut s, p0, KEYS, hd, nq);
+            let qs: [&[f32]; QUERIES] = std::array::from_fn(|i| &q[i][..]);
+            if !(HD == 64 && X::scores64(a.kt, a.cap, p0, qs, &mut s)) {
+                scores::<E, X, KEYS, B>(&a, &q, &mut s, p0, KEYS, hd, nq);
+            }
         } else {
             scores::<E, X, 0, B>(&a, &q, &mut s, p0, a.cap - p0, hd, nq);
         }
@@ -176,12 +253,24 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
             m[i] = mx;
         }
         // Weighted values, one position at a time.
+        let [o0, o1, o2, o3] = &mut o;
+        if HD == 64
+            && X::pv64(
+                a.v,
+                p0,
+                n,
+                &s,
+                [&mut o0[..], &mut o1[..], &mut o2[..], &mut o3[..]],
+            )
+        {
+            continue;
+        }
         for j in 0..n {
             E::widen::<X>(&a.v[(p0 + j) * hd..][..hd], &mut row[..hd]);
             for (oi, si) in o.iter_mut().zip(&s).take(nq) {
                 let w = si[j];
                 for (x, &v) in oi[..hd].iter_mut().zip(&row[..hd]) {
-                    *x += w * v;
+                    *x = madd::<X>(w, v, *x);
                 }
             }
         }
@@ -217,7 +306,7 @@ fn scores<E: KvElem, X: Widen, const N: usize, const B: usize>(
         for (si, qi) in s.iter_mut().zip(q).take(nq) {
             let qd = qi[d];
             for (x, &k) in si[..n].iter_mut().zip(&row[..n]) {
-                *x += qd * k;
+                *x = madd::<X>(qd, k, *x);
             }
         }
     }
@@ -226,6 +315,12 @@ fn scores<E: KvElem, X: Widen, const N: usize, const B: usize>(
 /// [`attend`] without target features (the scalar level's entry).
 pub fn attend_portable<E: KvElem>(a: Attend<'_, E>) {
     attend::<E, Portable>(a)
+}
+
+/// [`attend`] with fused multiply-adds (aarch64, where they are part of the baseline).
+#[cfg(target_arch = "aarch64")]
+pub fn attend_fma<E: KvElem>(a: Attend<'_, E>) {
+    attend::<E, PortableFma>(a)
 }
 
 #[cfg(test)]

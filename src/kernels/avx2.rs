@@ -55,6 +55,7 @@ super::attend_entries!("avx2,fma,f16c", F16c);
 pub(super) struct F16c;
 
 impl super::attend::Widen for F16c {
+    const FMA: bool = true;
     #[inline(always)]
     fn f16(src: &[half::f16], dst: &mut [f32]) {
         // SAFETY: `F16c` is private to the x86 kernel files and only instantiated inside

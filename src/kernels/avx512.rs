@@ -55,7 +55,149 @@ pub(super) fn table() -> Kernels {
     }
 }
 
-super::attend_entries!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", avx2::F16c);
+super::attend_entries!("avx2,fma,f16c,avx512f,avx512bw,avx512vl", Attn);
+
+/// The AVX-512 attention hooks: register-blocked scores and weighted values for 64-wide heads
+/// (four queries × 64 keys or × 64 dimensions: sixteen accumulators).
+struct Attn;
+
+impl super::attend::Widen for Attn {
+    const FMA: bool = true;
+
+    #[inline(always)]
+    fn f16(src: &[half::f16], dst: &mut [f32]) {
+        <avx2::F16c as super::attend::Widen>::f16(src, dst)
+    }
+
+    #[inline(always)]
+    fn scores64<E: super::attend::KvElem>(
+        kt: &[E],
+        cap: usize,
+        p0: usize,
+        q: [&[f32]; 4],
+        s: &mut [[f32; 64]; 4],
+    ) -> bool {
+        assert!(p0 + 64 <= cap && kt.len() >= 64 * cap && q.iter().all(|q| q.len() >= 64));
+        // SAFETY (both calls): `Attn` is only instantiated inside this level's attention entries,
+        // reached after AVX-512 and F16C were detected; every row read, d·cap + p0 .. + 64 for
+        // d < 64, lies inside `kt` (asserted above).
+        if let Some(kt) = E::as_f16(kt) {
+            unsafe { attn::scores64(kt.as_ptr().cast(), 2, cap, p0, q, s) };
+        } else if let Some(kt) = E::as_f32(kt) {
+            unsafe { attn::scores64(kt.as_ptr().cast(), 4, cap, p0, q, s) };
+        } else {
+            return false;
+        }
+        true
+    }
+
+    #[inline(always)]
+    fn pv64<E: super::attend::KvElem>(
+        v: &[E],
+        p0: usize,
+        n: usize,
+        s: &[[f32; 64]; 4],
+        o: [&mut [f32]; 4],
+    ) -> bool {
+        assert!(n <= 64 && v.len() >= (p0 + n) * 64 && o.iter().all(|o| o.len() >= 64));
+        // SAFETY (both calls): as above; rows p0 .. p0 + n of 64 values lie inside `v`.
+        if let Some(v) = E::as_f16(v) {
+            unsafe { attn::pv64(v.as_ptr().cast(), 2, p0, n, s, o) };
+        } else if let Some(v) = E::as_f32(v) {
+            unsafe { attn::pv64(v.as_ptr().cast(), 4, p0, n, s, o) };
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+mod attn {
+    use std::arch::x86_64::*;
+
+    /// Sixteen values at `p` (f16 when `size` is 2, f32 when 4) as f32.
+    #[inline(always)]
+    unsafe fn load16(p: *const u8, size: usize) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable values at `p`.
+        unsafe {
+            if size == 2 {
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+            } else {
+                _mm512_loadu_ps(p.cast())
+            }
+        }
+    }
+
+    /// See `Widen::scores64`. `kt` points at element 0 of a `size`-byte element array.
+    ///
+    /// # Safety
+    /// AVX-512 F and F16C; elements d·cap + p0 .. + 64 readable for d < 64.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn scores64(
+        kt: *const u8,
+        size: usize,
+        cap: usize,
+        p0: usize,
+        q: [&[f32]; 4],
+        s: &mut [[f32; 64]; 4],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        for d in 0..64 {
+            let row = kt.wrapping_add((d * cap + p0) * size);
+            // SAFETY: 64 elements from `row` are readable (the caller's contract).
+            let k = [0, 1, 2, 3].map(|j| unsafe { load16(row.wrapping_add(16 * j * size), size) });
+            for (acc, q) in acc.iter_mut().zip(&q) {
+                let qd = _mm512_set1_ps(q[d]);
+                for (a, k) in acc.iter_mut().zip(&k) {
+                    *a = _mm512_fmadd_ps(qd, *k, *a);
+                }
+            }
+        }
+        for (s, acc) in s.iter_mut().zip(&acc) {
+            for (j, a) in acc.iter().enumerate() {
+                // SAFETY: s has room for 64 floats, 16 at 16·j.
+                unsafe { _mm512_storeu_ps(s.as_mut_ptr().add(16 * j), *a) };
+            }
+        }
+    }
+
+    /// See `Widen::pv64`.
+    ///
+    /// # Safety
+    /// AVX-512 F and F16C; rows p0 .. p0 + n of 64 elements readable from `v`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn pv64(
+        v: *const u8,
+        size: usize,
+        p0: usize,
+        n: usize,
+        s: &[[f32; 64]; 4],
+        o: [&mut [f32]; 4],
+    ) {
+        // SAFETY: each `o[i]` holds at least 64 floats (asserted by the caller).
+        let mut acc = [0usize, 1, 2, 3]
+            .map(|i| [0, 1, 2, 3].map(|j| unsafe { _mm512_loadu_ps(o[i].as_ptr().add(16 * j)) }));
+        for j in 0..n {
+            let row = v.wrapping_add((p0 + j) * 64 * size);
+            // SAFETY: row p0 + j is readable (the caller's contract).
+            let vr = [0, 1, 2, 3].map(|c| unsafe { load16(row.wrapping_add(16 * c * size), size) });
+            for (acc, s) in acc.iter_mut().zip(s) {
+                let w = _mm512_set1_ps(s[j]);
+                for (a, v) in acc.iter_mut().zip(&vr) {
+                    *a = _mm512_fmadd_ps(w, *v, *a);
+                }
+            }
+        }
+        for (o, acc) in o.into_iter().zip(&acc) {
+            for (c, a) in acc.iter().enumerate() {
+                // SAFETY: `o` holds at least 64 floats.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr().add(16 * c), *a) };
+            }
+        }
+    }
+}
 
 /// The float GEMM tile: sixteen rows in one register, eight accumulators, each activation value
 /// an embedded broadcast.

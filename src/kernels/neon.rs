@@ -66,8 +66,8 @@ pub(super) fn table() -> Kernels {
         // NEON is part of the aarch64 baseline: the portable form vectorizes to it.
         gelu: super::math::gelu_approx,
         gemm16_f32: super::gemm_f32::tile_fma,
-        attend_f32: super::attend::attend_portable,
-        attend_f16: super::attend::attend_portable,
+        attend_f32: super::attend::attend_fma,
+        attend_f16: super::attend::attend_fma,
     }
 }
 

@@ -28,22 +28,22 @@ pub trait Widen {
     fn f16(src: &[f16], dst: &mut [f32]);
 
     /// A level's own kernel for the scores of a whole block, heads of width 64:
-    /// `s[i][j] = Σ_d q[i][d] · kt[d · cap + p0 + j]` for all four queries (unused query rows
-    /// are zero) and j < 64, where `p0 + 64 ≤ cap`. False when the level has none (the portable
-    /// loops run instead).
+    /// `s[i][j] = Σ_d q[i][d] · kt[d · cap + p0 + j]` for queries i < nq and j < 64, where
+    /// `p0 + 64 ≤ cap`. False when the level has none (the portable loops run instead).
     #[inline(always)]
     fn scores64<E: KvElem>(
         _kt: &[E],
         _cap: usize,
         _p0: usize,
         _q: [&[f32]; QUERIES],
+        _nq: usize,
         _s: &mut [[f32; KEYS]; QUERIES],
     ) -> bool {
         false
     }
 
     /// A level's own kernel for the weighted values of a block, heads of width 64:
-    /// `o[i][d] += Σ_{j<n} s[i][j] · v[(p0 + j) · 64 + d]` for all four queries. False when the
+    /// `o[i][d] += Σ_{j<n} s[i][j] · v[(p0 + j) · 64 + d]` for queries i < nq. False when the
     /// level has none.
     #[inline(always)]
     fn pv64<E: KvElem>(
@@ -51,6 +51,7 @@ pub trait Widen {
         _p0: usize,
         _n: usize,
         _s: &[[f32; KEYS]; QUERIES],
+        _nq: usize,
         _o: [&mut [f32]; QUERIES],
     ) -> bool {
         false
@@ -223,7 +224,7 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
         // computed and then masked); a short block only at the very end of the cache.
         if p0 + KEYS <= a.cap {
             let qs: [&[f32]; QUERIES] = std::array::from_fn(|i| &q[i][..]);
-            if !(HD == 64 && X::scores64(a.kt, a.cap, p0, qs, &mut s)) {
+            if !(HD == 64 && X::scores64(a.kt, a.cap, p0, qs, nq, &mut s)) {
                 scores::<E, X, KEYS, B>(&a, &q, &mut s, p0, KEYS, hd, nq);
             }
         } else {
@@ -254,15 +255,8 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
         }
         // Weighted values, one position at a time.
         let [o0, o1, o2, o3] = &mut o;
-        if HD == 64
-            && X::pv64(
-                a.v,
-                p0,
-                n,
-                &s,
-                [&mut o0[..], &mut o1[..], &mut o2[..], &mut o3[..]],
-            )
-        {
+        let os = [&mut o0[..], &mut o1[..], &mut o2[..], &mut o3[..]];
+        if HD == 64 && X::pv64(a.v, p0, n, &s, nq, os) {
             continue;
         }
         for j in 0..n {

@@ -75,18 +75,26 @@ impl super::attend::Widen for Attn {
         cap: usize,
         p0: usize,
         q: [&[f32]; 4],
+        nq: usize,
         s: &mut [[f32; 64]; 4],
     ) -> bool {
         assert!(p0 + 64 <= cap && kt.len() >= 64 * cap && q.iter().all(|q| q.len() >= 64));
+        assert!((1..=4).contains(&nq), "{nq} queries");
         // SAFETY (both calls): `Attn` is only instantiated inside this level's attention entries,
         // reached after AVX-512 and F16C were detected; every row read, d·cap + p0 .. + 64 for
         // d < 64, lies inside `kt` (asserted above).
-        if let Some(kt) = E::as_f16(kt) {
-            unsafe { attn::scores64(kt.as_ptr().cast(), 2, cap, p0, q, s) };
-        } else if let Some(kt) = E::as_f32(kt) {
-            unsafe { attn::scores64(kt.as_ptr().cast(), 4, cap, p0, q, s) };
-        } else {
-            return false;
+        let (ptr, size) = match (E::as_f16(kt), E::as_f32(kt)) {
+            (Some(kt), _) => (kt.as_ptr().cast::<u8>(), 2),
+            (_, Some(kt)) => (kt.as_ptr().cast::<u8>(), 4),
+            _ => return false,
+        };
+        unsafe {
+            match nq {
+                1 => attn::scores64::<1>(ptr, size, cap, p0, q, s),
+                2 => attn::scores64::<2>(ptr, size, cap, p0, q, s),
+                3 => attn::scores64::<3>(ptr, size, cap, p0, q, s),
+                _ => attn::scores64::<4>(ptr, size, cap, p0, q, s),
+            }
         }
         true
     }
@@ -97,16 +105,24 @@ impl super::attend::Widen for Attn {
         p0: usize,
         n: usize,
         s: &[[f32; 64]; 4],
+        nq: usize,
         o: [&mut [f32]; 4],
     ) -> bool {
         assert!(n <= 64 && v.len() >= (p0 + n) * 64 && o.iter().all(|o| o.len() >= 64));
+        assert!((1..=4).contains(&nq), "{nq} queries");
         // SAFETY (both calls): as above; rows p0 .. p0 + n of 64 values lie inside `v`.
-        if let Some(v) = E::as_f16(v) {
-            unsafe { attn::pv64(v.as_ptr().cast(), 2, p0, n, s, o) };
-        } else if let Some(v) = E::as_f32(v) {
-            unsafe { attn::pv64(v.as_ptr().cast(), 4, p0, n, s, o) };
-        } else {
-            return false;
+        let (ptr, size) = match (E::as_f16(v), E::as_f32(v)) {
+            (Some(v), _) => (v.as_ptr().cast::<u8>(), 2),
+            (_, Some(v)) => (v.as_ptr().cast::<u8>(), 4),
+            _ => return false,
+        };
+        unsafe {
+            match nq {
+                1 => attn::pv64::<1>(ptr, size, p0, n, s, o),
+                2 => attn::pv64::<2>(ptr, size, p0, n, s, o),
+                3 => attn::pv64::<3>(ptr, size, p0, n, s, o),
+                _ => attn::pv64::<4>(ptr, size, p0, n, s, o),
+            }
         }
         true
     }
@@ -128,13 +144,14 @@ mod attn {
         }
     }
 
-    /// See `Widen::scores64`. `kt` points at element 0 of a `size`-byte element array.
+    /// See `Widen::scores64`, for the first `NQ` queries. `kt` points at element 0 of a
+    /// `size`-byte element array.
     ///
     /// # Safety
     /// AVX-512 F and F16C; elements d·cap + p0 .. + 64 readable for d < 64.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn scores64(
+    pub(super) unsafe fn scores64<const NQ: usize>(
         kt: *const u8,
         size: usize,
         cap: usize,
@@ -142,7 +159,7 @@ mod attn {
         q: [&[f32]; 4],
         s: &mut [[f32; 64]; 4],
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut acc = [[_mm512_setzero_ps(); 4]; NQ];
         for d in 0..64 {
             let row = kt.wrapping_add((d * cap + p0) * size);
             // SAFETY: 64 elements from `row` are readable (the caller's contract).
@@ -168,7 +185,7 @@ mod attn {
     /// AVX-512 F and F16C; rows p0 .. p0 + n of 64 elements readable from `v`.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn pv64(
+    pub(super) unsafe fn pv64<const NQ: usize>(
         v: *const u8,
         size: usize,
         p0: usize,
@@ -177,8 +194,9 @@ mod attn {
         o: [&mut [f32]; 4],
     ) {
         // SAFETY: each `o[i]` holds at least 64 floats (asserted by the caller).
-        let mut acc = [0usize, 1, 2, 3]
-            .map(|i| [0, 1, 2, 3].map(|j| unsafe { _mm512_loadu_ps(o[i].as_ptr().add(16 * j)) }));
+        let mut acc: [[__m512; 4]; NQ] = std::array::from_fn(|i| {
+            [0, 1, 2, 3].map(|j| unsafe { _mm512_loadu_ps(o[i].as_ptr().add(16 * j)) })
+        });
         for j in 0..n {
             let row = v.wrapping_add((p0 + j) * 64 * size);
             // SAFETY: row p0 + j is readable (the caller's contract).

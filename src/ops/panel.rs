@@ -84,11 +84,13 @@ pub(super) fn linear<W: Pod>(
                             &ga[..ng],
                             &mut tile,
                         );
-                        for (dr, v) in tile.iter().enumerate() {
-                            for (c, &v) in v[..cols].iter().enumerate() {
-                                // SAFETY: row r + dr belongs to this task alone.
-                                unsafe { cols_out.put(j0 + c, r + dr, v + b(r + dr)) };
-                            }
+                        let [t0, t1, t2, t3] = &tile;
+                        for (c, (((&a, &b), &c2), &d)) in
+                            t0.iter().zip(t1).zip(t2).zip(t3).take(cols).enumerate()
+                        {
+                            let run = [a, b, c2, d];
+                            // SAFETY: rows r..r + 4 belong to this task alone.
+                            unsafe { cols_out.put_run(j0 + c, r, &run, bias) };
                         }
                     }
                 }

@@ -546,43 +546,69 @@ fn check_gemm16_f32(k: &Kernels) {
     }
 }
 
+/// Random (or patterned) Q6_K blocks.
+fn q6_k_row(rng: &mut Rng, nb: usize, pattern: usize) -> Vec<BlockQ6K> {
+    (0..nb)
+        .map(|_| BlockQ6K {
+            ql: std::array::from_fn(|_| wbytes(rng, pattern)),
+            qh: std::array::from_fn(|_| wbytes(rng, pattern)),
+            scales: std::array::from_fn(|i| match pattern {
+                0 => rng.next_u64() as i8,
+                1 => 0,
+                2 => 127,
+                3 => -128,
+                _ => {
+                    if i % 2 == 0 {
+                        127
+                    } else {
+                        -128
+                    }
+                }
+            }),
+            d: scale(rng, 5),
+        })
+        .collect()
+}
+
+/// Per-block terms of a Q6_K row against Q8_K activations.
+fn q6_k_terms(w: &[BlockQ6K], a: &[BlockQ8K]) -> Vec<f64> {
+    w.iter()
+        .zip(a)
+        .map(|(w, a)| {
+            let i: i64 = (0..256)
+                .map(|i| w.scales[i / 16] as i64 * w.q(i) as i64 * a.qs[i] as i64)
+                .sum();
+            f16v(w.d) * a.d as f64 * i as f64
+        })
+        .collect()
+}
+
 fn check_q6_k(k: &Kernels) {
     let mut rng = Rng::new(4);
     for nb in [1, 3, 12] {
         for pattern in 0..5 {
-            let w: Vec<BlockQ6K> = (0..nb)
-                .map(|_| BlockQ6K {
-                    ql: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
-                    qh: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
-                    scales: std::array::from_fn(|i| match pattern {
-                        0 => rng.next_u64() as i8,
-                        1 => 0,
-                        2 => 127,
-                        3 => -128,
-                        _ => {
-                            if i % 2 == 0 {
-                                127
-                            } else {
-                                -128
-                            }
-                        }
-                    }),
-                    d: scale(&mut rng, 5),
-                })
-                .collect();
+            let w = q6_k_row(&mut rng, nb, pattern);
             let a = q8k_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 256));
-            let terms: Vec<f64> = w
-                .iter()
-                .zip(&a)
-                .map(|(w, a)| {
-                    let i: i64 = (0..256)
-                        .map(|i| w.scales[i / 16] as i64 * w.q(i) as i64 * a.qs[i] as i64)
-                        .sum();
-                    f16v(w.d) * a.d as f64 * i as f64
-                })
-                .collect();
             let label = format!("{} dot_q6_k nb={nb} pattern={pattern}", k.isa);
-            check(&label, (k.dot_q6_k)(&w, &a), &terms);
+            check(&label, (k.dot_q6_k)(&w, &a), &q6_k_terms(&w, &a));
+            // Four rows and the 4 × 4 tile against the same per-pair terms.
+            let rows: Vec<Vec<BlockQ6K>> =
+                (0..4).map(|_| q6_k_row(&mut rng, nb, pattern)).collect();
+            let acts: Vec<Vec<BlockQ8K>> = (0..4)
+                .map(|_| q8k_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 256)))
+                .collect();
+            let ws: [&[BlockQ6K]; 4] = std::array::from_fn(|r| rows[r].as_slice());
+            let as_: [&[BlockQ8K]; 4] = std::array::from_fn(|c| acts[c].as_slice());
+            let tile = (k.gemm4x4_q6_k)(ws, as_);
+            for c in 0..4 {
+                let col = (k.dot4_q6_k)(ws, as_[c]);
+                for r in 0..4 {
+                    let t = q6_k_terms(ws[r], as_[c]);
+                    let l = format!("{} nb={nb} pattern={pattern} [{r}][{c}]", k.isa);
+                    check(&format!("{l} gemm4x4_q6_k"), tile[r][c], &t);
+                    check(&format!("{l} dot4_q6_k"), col[r], &t);
+                }
+            }
         }
     }
 }

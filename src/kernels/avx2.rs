@@ -39,6 +39,8 @@ pub(super) fn table() -> Kernels {
         panel_q4_0: None,
         panel_q4_1: None,
         dot_q6_k,
+        dot4_q6_k: |w, a| w.map(|w| dot_q6_k(w, a)),
+        gemm4x4_q6_k: |w, a| w.map(|w| a.map(|a| dot_q6_k(w, a))),
         dot_f16,
         dot_f32_bytes,
         dot_f32,
@@ -488,14 +490,19 @@ pub(super) mod imp {
         _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi))
     }
 
-    /// Σ_g sc[g] · bsums[g]: the −32 offset of Q6_K, applied once per block.
+    /// Σ_g sc[g] · bsums[g]: the −32 offset of Q6_K, applied once per block (sixteen i16
+    /// products summed in pairs by `vpmaddwd`).
     #[inline]
+    #[target_feature(enable = "avx2")]
     pub(crate) fn q6_offset(w: &BlockQ6K, a: &BlockQ8K) -> i32 {
-        w.scales
-            .iter()
-            .zip(&a.bsums)
-            .map(|(&s, &b)| s as i32 * b as i32)
-            .sum()
+        // SAFETY: `scales` is 16 bytes and `bsums` 16 i16 (32 bytes).
+        let (sc, bs) = unsafe {
+            (
+                _mm256_cvtepi8_epi16(_mm_loadu_si128(w.scales.as_ptr().cast())),
+                _mm256_loadu_si256(a.bsums.as_ptr().cast()),
+            )
+        };
+        hsum_epi32(_mm256_madd_epi16(sc, bs))
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]

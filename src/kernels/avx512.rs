@@ -44,6 +44,8 @@ pub(super) fn table() -> Kernels {
         panel_q4_0: Some(super::avx512_interleaved::panel_q4_0),
         panel_q4_1: Some(super::avx512_interleaved::panel_q4_1),
         dot_q6_k,
+        dot4_q6_k: |w, a| w.map(|w| dot_q6_k(w, a)),
+        gemm4x4_q6_k,
         // 512-bit float FMAs run as two 256-bit halves on Zen 4: AVX2's float dots do as well.
         dot_f16: avx2::dot_f16,
         dot_f32_bytes: avx2::dot_f32_bytes,
@@ -270,6 +272,7 @@ safe_entry_points! {
     dot4_q4_0(w: [&[BlockQ4_0]; 4], a: &[BlockQ8Act]) -> [f32; 4];
     dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8Act]) -> f32;
     dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32;
+    gemm4x4_q6_k(w: [&[BlockQ6K]; 4], a: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4];
 }
 
 mod imp {
@@ -313,6 +316,56 @@ mod imp {
 
     q8_family!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", pub(super));
 
+    /// The scales of groups 2k (lanes 0..3) and 2k + 1 (lanes 4..7) in the low halves of i32
+    /// lanes (high halves zero), for `vpmaddwd` against four-value sums: each sum is at most
+    /// 4 · 63 · 127 in magnitude, so its low half read as i16 is the sum itself, and the
+    /// product is exact — one fast multiply instead of `vpmulld`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn q6_scales(w: &BlockQ6K, k: usize) -> __m256i {
+        let lo = |s: i8| (s as i16 as u16) as i32;
+        _mm256_set_m128i(
+            _mm_set1_epi32(lo(w.scales[2 * k + 1])),
+            _mm_set1_epi32(lo(w.scales[2 * k])),
+        )
+    }
+
+    /// Four Q6_K rows × four activation rows: each 32-value chunk of a weight block is unpacked
+    /// once and multiplied with the four activations (the single-pair kernel unpacks it per pair).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn gemm4x4_q6_k(w: [&[BlockQ6K]; 4], a: [&[BlockQ8K]; 4]) -> [[f32; 4]; 4] {
+        let n = w
+            .iter()
+            .map(|r| r.len())
+            .chain(a.iter().map(|c| c.len()))
+            .min()
+            .unwrap_or(0);
+        let mut sum = [[0.0f32; 4]; 4];
+        for b in 0..n {
+            for (r, sr) in sum.iter_mut().enumerate() {
+                let wb = &w[r][b];
+                let mut acc = [_mm256_setzero_si256(); 4];
+                for k in 0..8 {
+                    let chunk = q6_chunk(wb, k);
+                    let sc = q6_scales(wb, k);
+                    for (acc, col) in acc.iter_mut().zip(&a) {
+                        // SAFETY: bytes 32k..32k+32 of the 256-byte `qs` are readable.
+                        let av = unsafe { _mm256_loadu_si256(col[b].qs[32 * k..].as_ptr().cast()) };
+                        let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), chunk, av);
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(p, sc));
+                    }
+                }
+                let dw = f16_splat(wb.d);
+                for ((s, acc), col) in sr.iter_mut().zip(&acc).zip(&a) {
+                    let ab = &col[b];
+                    let isum = hsum_epi32(*acc) - 32 * q6_offset(wb, ab);
+                    *s += _mm_cvtss_f32(_mm256_castps256_ps128(dw)) * ab.d * isum as f32;
+                }
+            }
+        }
+        sum
+    }
+
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
         let mut sum = _mm256_setzero_ps();
@@ -323,11 +376,7 @@ mod imp {
                 let av = unsafe { _mm256_loadu_si256(a.qs[32 * k..].as_ptr().cast()) };
                 // Lanes 0..3 sum group 2k, lanes 4..7 group 2k + 1.
                 let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), q6_chunk(w, k), av);
-                let sc = _mm256_set_m128i(
-                    _mm_set1_epi32(w.scales[2 * k + 1] as i32),
-                    _mm_set1_epi32(w.scales[2 * k] as i32),
-                );
-                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(p, sc));
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, q6_scales(w, k)));
             }
             let isum = hsum_epi32(acc) - 32 * q6_offset(w, a);
             let d = _mm256_mul_ps(f16_splat(w.d), _mm256_set1_ps(a.d));

@@ -154,6 +154,11 @@ pub struct Kernels {
     pub panel_q4_1: Option<GemmPanelFn<BlockQ4_1>>,
     /// Q6_K · Q8_K activations.
     pub dot_q6_k: DotFn<BlockQ6K, BlockQ8K>,
+    /// Four Q6_K rows · Q8_K activations.
+    pub dot4_q6_k: Dot4Fn<BlockQ6K, BlockQ8K>,
+    /// 4 × 4 tile of Q6_K rows · Q8_K activations (each weight block unpacked once for four
+    /// activation rows).
+    pub gemm4x4_q6_k: Gemm4x4Fn<BlockQ6K, BlockQ8K>,
     /// F16 weights · f32 activations.
     pub dot_f16: DotFn<[u8; 2], f32>,
     /// F32 weights (as bytes) · f32 activations.
@@ -235,6 +240,8 @@ impl Kernels {
             panel_q4_0: Some(scalar::panel_q4_0),
             panel_q4_1: Some(scalar::panel_q4_1),
             dot_q6_k: scalar::dot_q6_k,
+            dot4_q6_k: |w, a| w.map(|w| scalar::dot_q6_k(w, a)),
+            gemm4x4_q6_k: |w, a| w.map(|w| a.map(|a| scalar::dot_q6_k(w, a))),
             dot_f16: scalar::dot_f16,
             dot_f32_bytes: scalar::dot_f32_bytes,
             dot_f32: scalar::dot_f32,

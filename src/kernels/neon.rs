@@ -60,6 +60,8 @@ pub(super) fn table() -> Kernels {
         panel_q4_0: None,
         panel_q4_1: None,
         dot_q6_k,
+        dot4_q6_k: |w, a| w.map(|w| dot_q6_k(w, a)),
+        gemm4x4_q6_k: |w, a| w.map(|w| a.map(|a| dot_q6_k(w, a))),
         dot_f16: scalar::dot_f16,
         dot_f32_bytes,
         dot_f32,

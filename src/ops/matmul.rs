@@ -113,7 +113,8 @@ pub fn linear(
             let nb = n_in / 256;
             s.q8k.resize(t * nb, BlockQ8K::default());
             (k.quantize_q8k)(x, &mut s.q8k);
-            rows(file, w, &s.q8k, nb, (k.dot_q6_k, None), dst);
+            let multi = Some((k.dot4_q6_k, k.gemm4x4_q6_k));
+            rows(file, w, &s.q8k, nb, (k.dot_q6_k, multi), dst);
         }
         GgmlType::F16 => rows(file, w, x, n_in, (k.dot_f16, None), dst),
         GgmlType::F32 => rows(file, w, x, n_in, (k.dot_f32_bytes, None), dst),

@@ -180,6 +180,17 @@ fn row_not_a_whole_number_of_blocks() {
     );
 }
 
+/// A row length whose byte size does not fit in 64 bits (found by the mutation proptest: the
+/// size computation overflowed and panicked before it was checked).
+#[test]
+fn row_size_overflow() {
+    let mut b = base();
+    let at = tensor_info(&b, "blk.0.ffn_up.weight");
+    // 2^63 values of Q8_0: 2^58 blocks of 34 bytes.
+    put_u64(&mut b, at + 4, 1 << 63);
+    check("row-overflow", b, &["blk.0.ffn_up.weight", "overflows"]);
+}
+
 #[test]
 fn absurd_metadata_array_length() {
     let mut b = base();

@@ -462,6 +462,20 @@ fn check_interleaved(k: &Kernels) {
             let r8 = q8_0_rows(&mut rng, 16, nb, pattern);
             let l8 = format!("{label} q8_0");
             check_batched(k, GgmlType::Q8_0, &r8, &acts, k.panel_q8_0, q8_0_terms, &l8);
+            if let Some(g) = k.gemm16_rows_q8_0 {
+                let w: [&[BlockQ8_0]; 16] = std::array::from_fn(|r| r8[r].as_slice());
+                let zeros = vec![BlockQ8Act::default(); nb];
+                let cols: [&[BlockQ8Act]; 8] =
+                    std::array::from_fn(|c| acts.get(c).map_or(zeros.as_slice(), |a| a.as_slice()));
+                let mut out = [[f32::NAN; 16]; 8];
+                g(w, cols, &mut out);
+                for (c, o) in out.iter().enumerate() {
+                    for (r, &v) in o.iter().enumerate() {
+                        let (t, m) = q8_0_terms(w[r], cols[c]);
+                        check_mag(&format!("{l8} gemm16_rows [{c}][{r}]"), v, &t, m);
+                    }
+                }
+            }
             let r4 = q4_0_rows(&mut rng, 16, nb, pattern);
             let l4 = format!("{label} q4_0");
             check_batched(k, GgmlType::Q4_0, &r4, &acts, k.panel_q4_0, q4_0_terms, &l4);

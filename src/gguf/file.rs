@@ -362,13 +362,16 @@ fn validate_tensor(
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(format!("shape {} overflows", format_shape(&t.dims))))?;
-    let row_bytes = ty.row_bytes(t.dims[0]).ok_or_else(|| {
-        bad(format!(
+    if !t.dims[0].is_multiple_of(ty.block_size() as u64) {
+        return Err(bad(format!(
             "row length {} is not a multiple of the {ty} block size {}",
             t.dims[0],
             ty.block_size()
-        ))
-    })?;
+        )));
+    }
+    let row_bytes = ty
+        .row_bytes(t.dims[0])
+        .ok_or_else(|| bad(format!("shape {} overflows", format_shape(&t.dims))))?;
     let n_bytes = row_bytes
         .checked_mul(n_rows)
         .filter(|&n| n <= usize::MAX as u64)

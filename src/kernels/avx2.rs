@@ -35,6 +35,7 @@ pub(super) fn table() -> Kernels {
         // No interleaved-activation kernels yet: matmul uses the per-block kernels.
         dot_q4_0_quad: None,
         gemm16: None,
+        gemm16_rows_q8_0: None,
         panel_q8_0: None,
         panel_q4_0: None,
         panel_q4_1: None,

@@ -40,6 +40,7 @@ pub(super) fn table() -> Kernels {
         dot_q4_1,
         dot_q4_0_quad: Some(super::avx512_interleaved::dot_q4_0_quad),
         gemm16: Some(super::avx512_interleaved::gemm16),
+        gemm16_rows_q8_0: Some(super::avx512_interleaved::gemm16_rows_q8_0),
         panel_q8_0: Some(super::avx512_interleaved::panel_q8_0),
         panel_q4_0: Some(super::avx512_interleaved::panel_q4_0),
         panel_q4_1: Some(super::avx512_interleaved::panel_q4_1),

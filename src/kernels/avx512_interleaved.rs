@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::imp::PREFETCH_BYTES;
+use super::avx2::imp::{load32, PREFETCH_BYTES};
 use crate::quant::{
     BlockQ4_0, BlockQ4_1, BlockQ8Act, BlockQ8Quad, BlockQ8_0, BlockQ8x4, BlockW16, W16Kind,
 };
@@ -80,6 +80,17 @@ pub(super) fn gemm16(
             W16Kind::Q4_1 => imp::gemm16::<2>(w, a, out),
         }
     }
+}
+
+/// Sixteen Q8_0 rows straight from the file against eight activation rows (small batches).
+pub(super) fn gemm16_rows_q8_0(
+    w: [&[BlockQ8_0]; 16],
+    a: [&[BlockQ8Act]; 8],
+    out: &mut [[f32; 16]; 8],
+) {
+    // SAFETY: as for the panels above: reachable only through `avx512::table()` after the CPU
+    // features were confirmed; the implementation reads only within the slices it is given.
+    unsafe { imp::gemm16_rows_q8_0(w, a, out) }
 }
 
 mod imp {
@@ -239,6 +250,91 @@ mod imp {
                     let ds = _mm512_set1_ps(ab[c].d * ab[c].isum as f32);
                     acc[c] = _mm512_fmadd_ps(wm, ds, acc[c]);
                 }
+            }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` has room for the sixteen floats stored.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), acc) };
+        }
+    }
+
+    /// The 16 × 8 tile of `gemm16` with the weights regrouped in registers instead of in a
+    /// stored panel: rows r and r + 8 share a vector, an 8 × 8 dword transpose inside each
+    /// 256-bit half (two rounds of unpacks) and one two-source permute per output give, for each
+    /// dword k of the block, the vector whose lane r is row r's dword k.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) fn gemm16_rows_q8_0(
+        w: [&[BlockQ8_0]; 16],
+        a: [&[BlockQ8Act]; 8],
+        out: &mut [[f32; 16]; 8],
+    ) {
+        let n = w
+            .iter()
+            .map(|r| r.len())
+            .chain(a.iter().map(|c| c.len()))
+            .min()
+            .unwrap_or(0);
+        let flip = _mm512_set1_epi8(-128);
+        // Qwords of (rows 0-3 | rows 4-7) for the low and the high dword of each pair.
+        let lo_idx = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+        let hi_idx = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for b in 0..n {
+            // The same block of the next sixteen rows (rows of a tensor are contiguous; a
+            // prefetch past the mapping is harmless).
+            for row in w.iter() {
+                let p = row.as_ptr().wrapping_add(b).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * std::mem::size_of_val(*row)));
+            }
+            let z: [__m512i; 8] = std::array::from_fn(|r| {
+                let lo = _mm512_castsi256_si512(load32(&w[r][b].qs));
+                _mm512_xor_si512(_mm512_inserti64x4::<1>(lo, load32(&w[r + 8][b].qs)), flip)
+            });
+            let t: [__m512i; 8] = std::array::from_fn(|i| {
+                let (x, y) = (z[i & !1], z[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_epi32(x, y)
+                } else {
+                    _mm512_unpackhi_epi32(x, y)
+                }
+            });
+            // u[m]: dwords (m, m + 4) of rows 0-3 / 8-11; u[4 + m]: of rows 4-7 / 12-15.
+            let u: [__m512i; 8] = std::array::from_fn(|i| {
+                let base = 4 * (i / 4);
+                let (x, y) = match i % 4 {
+                    0 | 1 => (t[base], t[base + 2]),
+                    _ => (t[base + 1], t[base + 3]),
+                };
+                if i % 2 == 0 {
+                    _mm512_unpacklo_epi64(x, y)
+                } else {
+                    _mm512_unpackhi_epi64(x, y)
+                }
+            });
+            let wk: [__m512i; 8] = std::array::from_fn(|k| {
+                let idx = if k < 4 { lo_idx } else { hi_idx };
+                _mm512_permutex2var_epi64(u[k % 4], idx, u[4 + k % 4])
+            });
+            let d: [u64; 4] = std::array::from_fn(|j| {
+                (0..4).fold(0u64, |q, i| {
+                    q | (u16::from_le_bytes(w[4 * j + i][b].d) as u64) << (16 * i)
+                })
+            });
+            let halves = _mm256_set_epi64x(d[3] as i64, d[2] as i64, d[1] as i64, d[0] as i64);
+            let dw = _mm512_cvtph_ps(halves);
+            let ab: [&BlockQ8Act; 8] = std::array::from_fn(|c| &a[c][b]);
+            let mut s: [__m512i; 8] = std::array::from_fn(|c| _mm512_set1_epi32(-128 * ab[c].isum));
+            for (k, wk) in wk.iter().enumerate() {
+                for (s, ab) in s.iter_mut().zip(&ab) {
+                    let q = &ab.qs[4 * k..4 * k + 4];
+                    let dword =
+                        i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+                    *s = _mm512_dpbusd_epi32(*s, *wk, _mm512_set1_epi32(dword));
+                }
+            }
+            for c in 0..8 {
+                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(ab[c].d));
+                acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[c]), scale, acc[c]);
             }
         }
         for (o, acc) in out.iter_mut().zip(acc) {

@@ -114,6 +114,9 @@ pub type GemmPanelFn<W> = fn([&[W]; 4], &[&[BlockQ8x4]], &mut [[f32; 16]; 4]);
 /// `out[c][r] = W[r] · A[c]` over the blocks both sides have.
 pub type Gemm16Fn = fn(W16Kind, &[BlockW16], [&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
 
+/// Sixteen weight rows in their file format against eight activation rows.
+pub type Gemm16RowsFn<W> = fn([&[W]; 16], [&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
+
 /// The kernels of one ISA level.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -146,6 +149,9 @@ pub struct Kernels {
     pub dot_q4_0_quad: Option<DotFn<BlockQ4_0, BlockQ8Quad>>,
     /// 16 × 8 tiles over regrouped weights (large batches), where the level has them.
     pub gemm16: Option<Gemm16Fn>,
+    /// 16 × 8 tiles of Q8_0 rows regrouped in registers (small batches), where the level has
+    /// them: `out[c][r] = W[r] · A[c]`.
+    pub gemm16_rows_q8_0: Option<Gemm16RowsFn<BlockQ8_0>>,
     /// Q8_0 panel, where the level has one (matmul falls back to the 4 × 4 tiles).
     pub panel_q8_0: Option<GemmPanelFn<BlockQ8_0>>,
     /// Q4_0 panel, where the level has one.
@@ -236,6 +242,13 @@ impl Kernels {
             dot_q4_1: scalar::dot_q4_1,
             dot_q4_0_quad: Some(scalar::dot_q4_0_quad),
             gemm16: Some(scalar::gemm16),
+            gemm16_rows_q8_0: Some(|w, a, out| {
+                for (o, a) in out.iter_mut().zip(a) {
+                    for (o, w) in o.iter_mut().zip(w) {
+                        *o = scalar::dot_q8_0(w, a);
+                    }
+                }
+            }),
             panel_q8_0: Some(scalar::panel_q8_0),
             panel_q4_0: Some(scalar::panel_q4_0),
             panel_q4_1: Some(scalar::panel_q4_1),

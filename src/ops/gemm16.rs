@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::columns::Columns;
 use super::matmul::rows_per_task;
-use crate::kernels::{DotFn, Gemm16Fn, Kernels};
+use crate::kernels::{DotFn, Gemm16Fn, Gemm16RowsFn, Kernels};
 use crate::model::Matrix;
 use crate::quant::{blocks, BlockQ8Act, BlockW16, W16Source, PANEL_ROWS};
 
@@ -86,6 +86,59 @@ pub(super) fn linear<W: W16Source>(
                     }
                 }
             });
+            for r in r0 + full..r0 + n {
+                let wr = row(r);
+                for j in 0..t {
+                    let v = dot(wr, col(j)) + bias.map_or(0.0, |b| b[r]);
+                    // SAFETY: row r belongs to this task alone.
+                    unsafe { out.put(j, r, v) };
+                }
+            }
+        });
+}
+
+/// `out[j] = W · x[j] + bias` for small batches: sixteen rows at a time go to a kernel that
+/// regroups them in registers (no stored panel), eight activation rows a call.
+pub(super) fn linear_rows<W: W16Source>(
+    file: &[u8],
+    w: &Matrix,
+    act: &[BlockQ8Act],
+    bias: Option<&[f32]>,
+    (dot, gemm): (DotFn<W, BlockQ8Act>, Gemm16RowsFn<W>),
+    out: &mut [f32],
+) {
+    let (nb, n_out) = (w.n_in / 32, w.n_out);
+    let t = act.len() / nb;
+    let zeros = vec![BlockQ8Act::default(); nb];
+    let col = |j: usize| -> &[BlockQ8Act] {
+        if j < t {
+            &act[j * nb..(j + 1) * nb]
+        } else {
+            &zeros
+        }
+    };
+    let row = |r: usize| -> &[W] {
+        blocks(w.row(file, r)).expect("row length is a whole number of blocks (checked at load)")
+    };
+    let per_task = rows_per_task(n_out).next_multiple_of(PANEL_ROWS);
+    let out = Columns::new(out, t, n_out);
+    (0..n_out.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let r0 = task * per_task;
+            let n = per_task.min(n_out - r0);
+            let full = n / PANEL_ROWS * PANEL_ROWS;
+            let mut tile = [[0.0f32; 16]; COLS];
+            for r in (r0..r0 + full).step_by(PANEL_ROWS) {
+                let rows: [&[W]; PANEL_ROWS] = std::array::from_fn(|i| row(r + i));
+                for c0 in (0..t).step_by(COLS) {
+                    gemm(rows, std::array::from_fn(|c| col(c0 + c)), &mut tile);
+                    for (c, v) in tile.iter().enumerate().take(t - c0) {
+                        // SAFETY: rows r..r + 16 belong to this task alone.
+                        unsafe { out.put_run(c0 + c, r, v, bias) };
+                    }
+                }
+            }
             for r in r0 + full..r0 + n {
                 let wr = row(r);
                 for j in 0..t {

@@ -158,6 +158,12 @@ fn batched(
         }
         return true;
     }
+    if let (GgmlType::Q8_0, Some(g)) = (w.ty, k.gemm16_rows_q8_0) {
+        quantize_rows(k, x, w.n_in, &mut s.q8);
+        let act = &s.q8;
+        super::gemm16::linear_rows::<BlockQ8_0>(file, w, act, bias, (k.dot_q8_0, g), out);
+        return true;
+    }
     let (q8, q8x4) = (&mut s.q8, &mut s.q8x4);
     use super::panel::linear as panel;
     match (w.ty, k.panel_q8_0, k.panel_q4_0, k.panel_q4_1) {

@@ -122,11 +122,13 @@ impl GgmlType {
         )
     }
 
-    /// Bytes taken by a row of `n` values, or None when `n` is not a whole number of blocks.
+    /// Bytes taken by a row of `n` values, or None when `n` is not a whole number of blocks or
+    /// the size does not fit in a u64.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
         n.is_multiple_of(bs)
-            .then(|| n / bs * self.type_size() as u64)
+            .then(|| (n / bs).checked_mul(self.type_size() as u64))
+            .flatten()
     }
 }
 
@@ -159,5 +161,6 @@ mod tests {
         assert_eq!(GgmlType::Q8_0.row_bytes(33), None);
         assert_eq!(GgmlType::Q6_K.row_bytes(512), Some(420));
         assert_eq!(GgmlType::F32.row_bytes(3), Some(12));
+        assert_eq!(GgmlType::F32.row_bytes(u64::MAX / 2), None, "overflow");
     }
 }

@@ -15,8 +15,10 @@ use crate::kernels::gemm_f32::{COLS, ROWS};
 use crate::kernels::Kernels;
 use crate::model::Matrix;
 
-/// Smallest batch that takes this path.
-pub(super) const MIN_BATCH: usize = 8;
+/// Smallest batch that takes this path: widening and regrouping the rows costs about as much as
+/// reading them; below this the per-row dot products are faster (measured with
+/// `qgpt bench --kernels`: at batch 8 this path made 32–48 GOP/s against 60–92 for the dots).
+pub(super) const MIN_BATCH: usize = 32;
 /// Weight rows regrouped per pass (a multiple of 16).
 const SUB_ROWS: usize = 64;
 /// Activation rows per pass over a regrouped sub-panel.

@@ -468,7 +468,7 @@ fn check_interleaved(k: &Kernels) {
                 let cols: [&[BlockQ8Act]; 8] =
                     std::array::from_fn(|c| acts.get(c).map_or(zeros.as_slice(), |a| a.as_slice()));
                 let mut out = [[f32::NAN; 16]; 8];
-                g(w, cols, &mut out);
+                g(&w, &cols, &mut out);
                 for (c, o) in out.iter().enumerate() {
                     for (r, &v) in o.iter().enumerate() {
                         let (t, m) = q8_0_terms(w[r], cols[c]);

@@ -84,8 +84,8 @@ pub(super) fn gemm16(
 
 /// Sixteen Q8_0 rows straight from the file against eight activation rows (small batches).
 pub(super) fn gemm16_rows_q8_0(
-    w: [&[BlockQ8_0]; 16],
-    a: [&[BlockQ8Act]; 8],
+    w: &[&[BlockQ8_0]; 16],
+    a: &[&[BlockQ8Act]; 8],
     out: &mut [[f32; 16]; 8],
 ) {
     // SAFETY: as for the panels above: reachable only through `avx512::table()` after the CPU
@@ -264,8 +264,8 @@ mod imp {
     /// dword k of the block, the vector whose lane r is row r's dword k.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn gemm16_rows_q8_0(
-        w: [&[BlockQ8_0]; 16],
-        a: [&[BlockQ8Act]; 8],
+        w: &[&[BlockQ8_0]; 16],
+        a: &[&[BlockQ8Act]; 8],
         out: &mut [[f32; 16]; 8],
     ) {
         let n = w

@@ -115,7 +115,7 @@ pub type GemmPanelFn<W> = fn([&[W]; 4], &[&[BlockQ8x4]], &mut [[f32; 16]; 4]);
 pub type Gemm16Fn = fn(W16Kind, &[BlockW16], [&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
 
 /// Sixteen weight rows in their file format against eight activation rows.
-pub type Gemm16RowsFn<W> = fn([&[W]; 16], [&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
+pub type Gemm16RowsFn<W> = fn(&[&[W]; 16], &[&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
 
 /// The kernels of one ISA level.
 #[derive(Clone, Copy)]

@@ -129,10 +129,16 @@ pub(super) fn linear_rows<W: W16Source>(
             let n = per_task.min(n_out - r0);
             let full = n / PANEL_ROWS * PANEL_ROWS;
             let mut tile = [[0.0f32; 16]; COLS];
+            // Column groups built once per task, not per call.
+            let groups: Vec<[&[BlockQ8Act]; COLS]> = (0..t)
+                .step_by(COLS)
+                .map(|c0| std::array::from_fn(|c| col(c0 + c)))
+                .collect();
             for r in (r0..r0 + full).step_by(PANEL_ROWS) {
                 let rows: [&[W]; PANEL_ROWS] = std::array::from_fn(|i| row(r + i));
-                for c0 in (0..t).step_by(COLS) {
-                    gemm(rows, std::array::from_fn(|c| col(c0 + c)), &mut tile);
+                for (g, cols) in groups.iter().enumerate() {
+                    let c0 = g * COLS;
+                    gemm(&rows, cols, &mut tile);
                     for (c, v) in tile.iter().enumerate().take(t - c0) {
                         // SAFETY: rows r..r + 16 belong to this task alone.
                         unsafe { out.put_run(c0 + c, r, v, bias) };

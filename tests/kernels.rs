@@ -270,40 +270,12 @@ fn check_multi(k: &Kernels) {
     let mut rng = Rng::new(6);
     for nb in BLOCKS {
         for pattern in 0..5 {
-            let rows8: Vec<Vec<BlockQ8_0>> = (0..4)
-                .map(|_| {
-                    (0..nb)
-                        .map(|_| BlockQ8_0 {
-                            d: scale(&mut rng, 5),
-                            qs: std::array::from_fn(|_| wbytes(&mut rng, pattern) as i8),
-                        })
-                        .collect()
-                })
-                .collect();
-            let rows4: Vec<Vec<BlockQ4_0>> = (0..4)
-                .map(|_| {
-                    (0..nb)
-                        .map(|_| BlockQ4_0 {
-                            d: scale(&mut rng, 5),
-                            qs: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
-                        })
-                        .collect()
-                })
-                .collect();
+            let rows8 = q8_0_rows(&mut rng, 4, nb, pattern);
+            let rows4 = q4_0_rows(&mut rng, 4, nb, pattern);
             let acts: Vec<Vec<BlockQ8Act>> = (0..4)
                 .map(|_| q8_blocks(&Kernels::scalar(), &activations(&mut rng, nb * 32)))
                 .collect();
-            let rows41: Vec<Vec<BlockQ4_1>> = (0..4)
-                .map(|_| {
-                    (0..nb)
-                        .map(|_| BlockQ4_1 {
-                            d: scale(&mut rng, 5),
-                            m: scale(&mut rng, 4),
-                            qs: std::array::from_fn(|_| wbytes(&mut rng, pattern)),
-                        })
-                        .collect()
-                })
-                .collect();
+            let rows41 = q4_1_rows(&mut rng, 4, nb, pattern);
             let w41: [&[BlockQ4_1]; 4] = std::array::from_fn(|r| rows41[r].as_slice());
             let w8: [&[BlockQ8_0]; 4] = std::array::from_fn(|r| rows8[r].as_slice());
             let w4: [&[BlockQ4_0]; 4] = std::array::from_fn(|r| rows4[r].as_slice());

@@ -133,12 +133,30 @@ mod imp {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     fn row_f16(v: [[u8; 2]; ROWS]) -> __m512 {
-        let bits = u64::from_le_bytes([
-            v[0][0], v[0][1], v[1][0], v[1][1], v[2][0], v[2][1], v[3][0], v[3][1],
-        ]);
-        let f = _mm_cvtph_ps(_mm_cvtsi64_si128(bits as i64));
+        let f = _mm_cvtph_ps(_mm_cvtsi64_si128(f16x4(v) as i64));
         let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
         _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f))
+    }
+
+    /// Four f16 values as the bits of one u64 (value i in bits 16i..16i + 16), gathered in a
+    /// general register.
+    #[inline]
+    fn f16x4(v: [[u8; 2]; 4]) -> u64 {
+        v.iter().enumerate().fold(0, |q, (i, h)| {
+            q | (u16::from_le_bytes(*h) as u64) << (16 * i)
+        })
+    }
+
+    /// The unsigned dword vectors of four Q4 rows' blocks (Q4_0 and Q4_1 alike).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    fn nibble_dwords(qs: [&[u8; 16]; ROWS]) -> [__m512i; 8] {
+        let low = _mm512_set1_epi8(0x0F);
+        let x = load4(qs);
+        eight(
+            _mm512_and_si512(x, low),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(x), low),
+        )
     }
 
     /// Four i32 of the activation group, repeated in every 128-bit lane.
@@ -315,11 +333,8 @@ mod imp {
                 let idx = if k < 4 { lo_idx } else { hi_idx };
                 _mm512_permutex2var_epi64(u[k % 4], idx, u[4 + k % 4])
             });
-            let d: [u64; 4] = std::array::from_fn(|j| {
-                (0..4).fold(0u64, |q, i| {
-                    q | (u16::from_le_bytes(w[4 * j + i][b].d) as u64) << (16 * i)
-                })
-            });
+            let d: [u64; 4] =
+                std::array::from_fn(|j| f16x4(std::array::from_fn(|i| w[4 * j + i][b].d)));
             let halves = _mm256_set_epi64x(d[3] as i64, d[2] as i64, d[1] as i64, d[0] as i64);
             let dw = _mm512_cvtph_ps(halves);
             let ab: [&BlockQ8Act; 8] = std::array::from_fn(|c| &a[c][b]);
@@ -423,14 +438,7 @@ mod imp {
         a: &[&[BlockQ8x4]],
         out: &mut [[f32; 16]; ROWS],
     ) {
-        let low = _mm512_set1_epi8(0x0F);
-        panel!(w, a, out, G, |wb| {
-            let x = load4(wb.map(|x| &x.qs));
-            eight(
-                _mm512_and_si512(x, low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(x), low),
-            )
-        })
+        panel!(w, a, out, G, |wb| nibble_dwords(wb.map(|x| &x.qs)))
     }
 
     /// Q4_1: nibbles (unsigned), bias 0, plus the minimum term.
@@ -440,13 +448,6 @@ mod imp {
         a: &[&[BlockQ8x4]],
         out: &mut [[f32; 16]; ROWS],
     ) {
-        let low = _mm512_set1_epi8(0x0F);
-        panel!(w, a, out, G, |wb| {
-            let x = load4(wb.map(|x| &x.qs));
-            eight(
-                _mm512_and_si512(x, low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(x), low),
-            )
-        }, min: m)
+        panel!(w, a, out, G, |wb| nibble_dwords(wb.map(|x| &x.qs)), min: m)
     }
 }

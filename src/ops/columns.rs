@@ -41,6 +41,19 @@ impl Columns {
         unsafe { *self.ptr.add(j * self.n_out + r) = v };
     }
 
+    /// `out[j][r] = v(j) + bias[r]` for every activation row j: one weight row's column, for rows
+    /// the tile kernels leave over.
+    ///
+    /// # Safety
+    /// As for [`Columns::put`], for every element written.
+    pub(super) unsafe fn put_row(&self, r: usize, bias: Option<&[f32]>, v: impl Fn(usize) -> f32) {
+        let b = bias.map_or(0.0, |b| b[r]);
+        for j in 0..self.t {
+            // SAFETY: the caller's guarantee, for each element.
+            unsafe { self.put(j, r, v(j) + b) };
+        }
+    }
+
     /// `out[j][r..r + v.len()] = v + bias[r..]`.
     ///
     /// # Safety
@@ -62,5 +75,43 @@ impl Columns {
             }
             None => dst.copy_from_slice(v),
         }
+    }
+}
+
+/// The rows of a batch (`width` values each) with zero rows past the last, so that tile kernels
+/// always get whole groups of columns.
+pub(super) struct Padded<'a, T> {
+    x: &'a [T],
+    width: usize,
+    zeros: Vec<T>,
+}
+
+impl<'a, T: Clone + Default> Padded<'a, T> {
+    /// `x` cut into rows of `width`.
+    pub(super) fn new(x: &'a [T], width: usize) -> Self {
+        Self {
+            x,
+            width,
+            zeros: vec![T::default(); width],
+        }
+    }
+
+    /// Rows in the batch (not counting the padding).
+    pub(super) fn len(&self) -> usize {
+        self.x.len() / self.width
+    }
+
+    /// Row `j`, or zeros past the last row.
+    pub(super) fn row(&self, j: usize) -> &[T] {
+        if j < self.len() {
+            &self.x[j * self.width..(j + 1) * self.width]
+        } else {
+            &self.zeros
+        }
+    }
+
+    /// Rows j0..j0 + N.
+    pub(super) fn group<const N: usize>(&self, j0: usize) -> [&[T]; N] {
+        std::array::from_fn(|c| self.row(j0 + c))
     }
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::columns::Columns;
+use super::columns::{Columns, Padded};
 use super::matmul::rows_per_task;
 use crate::kernels::{DotFn, Gemm16Fn, Gemm16RowsFn, Kernels};
 use crate::model::Matrix;
@@ -42,14 +42,7 @@ pub(super) fn linear<W: W16Source>(
 ) {
     let (nb, n_out) = (w.n_in / 32, w.n_out);
     let t = act.len() / nb;
-    let zeros = vec![BlockQ8Act::default(); nb];
-    let col = |j: usize| -> &[BlockQ8Act] {
-        if j < t {
-            &act[j * nb..(j + 1) * nb]
-        } else {
-            &zeros
-        }
-    };
+    let cols = Padded::new(act, nb);
     let row = |r: usize| -> &[W] {
         blocks(w.row(file, r)).expect("row length is a whole number of blocks (checked at load)")
     };
@@ -76,7 +69,7 @@ pub(super) fn linear<W: W16Source>(
                         for (p, wp) in panel.chunks_exact(nb).take(panels).enumerate() {
                             let r = r0 + s0 + p * PANEL_ROWS;
                             for c0 in (j0..(j0 + COL_CHUNK).min(t)).step_by(COLS) {
-                                gemm(W::KIND, wp, std::array::from_fn(|c| col(c0 + c)), &mut tile);
+                                gemm(W::KIND, wp, cols.group(c0), &mut tile);
                                 for (c, v) in tile.iter().enumerate().take(t - c0) {
                                     // SAFETY: rows r..r + 16 belong to this task alone.
                                     unsafe { out.put_run(c0 + c, r, v, bias) };
@@ -88,11 +81,8 @@ pub(super) fn linear<W: W16Source>(
             });
             for r in r0 + full..r0 + n {
                 let wr = row(r);
-                for j in 0..t {
-                    let v = dot(wr, col(j)) + bias.map_or(0.0, |b| b[r]);
-                    // SAFETY: row r belongs to this task alone.
-                    unsafe { out.put(j, r, v) };
-                }
+                // SAFETY: row r belongs to this task alone.
+                unsafe { out.put_row(r, bias, |j| dot(wr, cols.row(j))) };
             }
         });
 }
@@ -109,14 +99,7 @@ pub(super) fn linear_rows<W: W16Source>(
 ) {
     let (nb, n_out) = (w.n_in / 32, w.n_out);
     let t = act.len() / nb;
-    let zeros = vec![BlockQ8Act::default(); nb];
-    let col = |j: usize| -> &[BlockQ8Act] {
-        if j < t {
-            &act[j * nb..(j + 1) * nb]
-        } else {
-            &zeros
-        }
-    };
+    let cols = Padded::new(act, nb);
     let row = |r: usize| -> &[W] {
         blocks(w.row(file, r)).expect("row length is a whole number of blocks (checked at load)")
     };
@@ -130,10 +113,8 @@ pub(super) fn linear_rows<W: W16Source>(
             let full = n / PANEL_ROWS * PANEL_ROWS;
             let mut tile = [[0.0f32; 16]; COLS];
             // Column groups built once per task, not per call.
-            let groups: Vec<[&[BlockQ8Act]; COLS]> = (0..t)
-                .step_by(COLS)
-                .map(|c0| std::array::from_fn(|c| col(c0 + c)))
-                .collect();
+            let groups: Vec<[&[BlockQ8Act]; COLS]> =
+                (0..t).step_by(COLS).map(|c0| cols.group(c0)).collect();
             for r in (r0..r0 + full).step_by(PANEL_ROWS) {
                 let rows: [&[W]; PANEL_ROWS] = std::array::from_fn(|i| row(r + i));
                 for (g, cols) in groups.iter().enumerate() {
@@ -147,11 +128,8 @@ pub(super) fn linear_rows<W: W16Source>(
             }
             for r in r0 + full..r0 + n {
                 let wr = row(r);
-                for j in 0..t {
-                    let v = dot(wr, col(j)) + bias.map_or(0.0, |b| b[r]);
-                    // SAFETY: row r belongs to this task alone.
-                    unsafe { out.put(j, r, v) };
-                }
+                // SAFETY: row r belongs to this task alone.
+                unsafe { out.put_row(r, bias, |j| dot(wr, cols.row(j))) };
             }
         });
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::columns::Columns;
+use super::columns::{Columns, Padded};
 use super::matmul::rows_per_task;
 use crate::kernels::gemm_f32::{COLS, ROWS};
 use crate::kernels::Kernels;
@@ -40,14 +40,7 @@ pub(super) fn linear(
 ) {
     let (n_in, n_out) = (w.n_in, w.n_out);
     let t = x.len() / n_in;
-    let zeros = vec![0.0f32; n_in];
-    let col = |j: usize| -> &[f32] {
-        if j < t {
-            &x[j * n_in..(j + 1) * n_in]
-        } else {
-            &zeros
-        }
-    };
+    let cols = Padded::new(x, n_in);
     let per_task = rows_per_task(n_out).next_multiple_of(ROWS);
     let out = Columns::new(out, t, n_out);
     (0..n_out.div_ceil(per_task))
@@ -78,7 +71,7 @@ pub(super) fn linear(
                         for (p, wp) in panel.chunks_exact(ROWS * n_in).take(panels).enumerate() {
                             let r = r0 + s0 + p * ROWS;
                             for c0 in (j0..(j0 + COL_CHUNK).min(t)).step_by(COLS) {
-                                (k.gemm16_f32)(wp, std::array::from_fn(|c| col(c0 + c)), &mut tile);
+                                (k.gemm16_f32)(wp, cols.group(c0), &mut tile);
                                 for (c, v) in tile.iter().enumerate().take(t - c0) {
                                     // SAFETY: rows r..r + 16 belong to this task alone.
                                     unsafe { out.put_run(c0 + c, r, v, bias) };
@@ -91,11 +84,9 @@ pub(super) fn linear(
                 let row = &mut rows[..n_in];
                 for r in r0 + full..r0 + n {
                     w.dequantize_row(file, r, row);
-                    for j in 0..t {
-                        let v = (k.dot_f32)(row, col(j)) + bias.map_or(0.0, |b| b[r]);
-                        // SAFETY: row r belongs to this task alone.
-                        unsafe { out.put(j, r, v) };
-                    }
+                    let row = &*row;
+                    // SAFETY: row r belongs to this task alone.
+                    unsafe { out.put_row(r, bias, |j| (k.dot_f32)(row, cols.row(j))) };
                 }
             });
         });

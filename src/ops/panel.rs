@@ -58,7 +58,6 @@ pub(super) fn linear<W: Pod>(
     let row = |r: usize| -> &[W] {
         blocks(w.row(file, r)).expect("row length is a whole number of blocks (checked at load)")
     };
-    let b = |r: usize| bias.map_or(0.0, |b| b[r]);
     assert_eq!(out.len(), t * n_out, "{}: output size", w.name);
     let cols_out = Columns::new(out, t, n_out);
     (0..n_out.div_ceil(per_task))
@@ -97,10 +96,8 @@ pub(super) fn linear<W: Pod>(
             }
             for r in r0 + full..r0 + n {
                 let wr = row(r);
-                for (j, a) in act.chunks_exact(nb).enumerate() {
-                    // SAFETY: row r belongs to this task alone.
-                    unsafe { cols_out.put(j, r, dot(wr, a) + b(r)) };
-                }
+                // SAFETY: row r belongs to this task alone.
+                unsafe { cols_out.put_row(r, bias, |j| dot(wr, &act[j * nb..(j + 1) * nb])) };
             }
         });
 }

@@ -504,23 +504,29 @@ fn check_gelu(k: &Kernels) {
     );
 }
 
-/// The float GEMM tile against an f64 sum of the same products, for row lengths 1, 37 and 256
-/// (with one column shorter, which bounds the length). Tolerance as for the dot products.
+/// The float GEMM tile against an f64 sum of the same products, for row lengths 1, 37 and 256,
+/// with the activations regrouped (equal to the portable regrouping) from a full group of rows
+/// and from one padded with zero rows. Tolerance as for the dot products.
 fn check_gemm16_f32(k: &Kernels) {
-    use qgpt::kernels::gemm_f32::{COLS, ROWS};
+    use qgpt::kernels::gemm_f32::{regroup16_portable, COLS, ROWS};
     let mut rng = Rng::new(11);
-    for n in [1usize, 37, 256] {
+    for (n, present) in [(1usize, COLS), (37, COLS - 3), (256, COLS)] {
         let w = floats(&mut rng, n * ROWS, 2.0);
-        let xs: Vec<Vec<f32>> = (0..COLS)
-            .map(|c| floats(&mut rng, n + c % 2, 3.0))
-            .collect();
-        let x: [&[f32]; COLS] = std::array::from_fn(|c| xs[c].as_slice());
+        let xs: Vec<Vec<f32>> = (0..present).map(|_| floats(&mut rng, n, 3.0)).collect();
+        let x: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+        let zeros = vec![0.0f32; n];
+        let group = std::array::from_fn(|c| x.get(c).copied().unwrap_or(&zeros));
+        let mut packed = vec![f32::NAN; n * COLS];
+        (k.regroup16)(group, n, &mut packed);
+        let mut want = vec![f32::NAN; n * COLS];
+        regroup16_portable(group, n, &mut want);
+        assert_eq!(packed, want, "{} regroup16 n={n}", k.isa);
         let mut out = [[f32::NAN; ROWS]; COLS];
-        (k.gemm16_f32)(&w, x, &mut out);
+        (k.gemm16_f32)(&w, &packed, &mut out);
         for c in 0..COLS {
             for r in 0..ROWS {
                 let terms: Vec<f64> = (0..n)
-                    .map(|kk| w[kk * ROWS + r] as f64 * x[c][kk] as f64)
+                    .map(|kk| w[kk * ROWS + r] as f64 * x.get(c).map_or(0.0, |x| x[kk] as f64))
                     .collect();
                 check(
                     &format!("{} gemm16_f32 n={n} [{c}][{r}]", k.isa),

@@ -239,14 +239,8 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
                 si.fill(0.0);
                 continue;
             }
-            let mx = si[..visible].iter().fold(m[i], |x, &y| x.max(y));
+            let (mx, sum) = block_softmax(si, visible, m[i]);
             let corr = exp_approx((m[i] - mx).max(-87.0));
-            let mut sum = 0.0f32;
-            for x in si[..visible].iter_mut() {
-                *x = exp_approx((*x - mx).max(-87.0));
-                sum += *x;
-            }
-            si[visible..].fill(0.0);
             l[i] = l[i] * corr + sum;
             for x in o[i][..hd].iter_mut() {
                 *x *= corr;
@@ -275,6 +269,39 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
             *x = v * inv;
         }
     }
+}
+
+/// Lanes of the partial maxima and sums in [`block_softmax`]: a fixed count, so that every vector
+/// width adds in the same order.
+const LANES: usize = 16;
+
+/// One query's block of scores `s` (the first `visible` real, the rest masked) turned into
+/// weights `exp(s − max)` in place, zero past `visible`; returns the new running maximum (at
+/// least `m`) and the sum of the weights. Whole-block loops with the mask as a select, and the
+/// reductions in [`LANES`] partial results, so that LLVM vectorizes all of it.
+#[inline(always)]
+fn block_softmax(s: &mut [f32; KEYS], visible: usize, m: f32) -> (f32, f32) {
+    let mut lanes = [m; LANES];
+    for (c, chunk) in s.chunks_exact(LANES).enumerate() {
+        for (l, (x, &v)) in lanes.iter_mut().zip(chunk).enumerate() {
+            let v = if c * LANES + l < visible {
+                v
+            } else {
+                f32::NEG_INFINITY
+            };
+            *x = x.max(v);
+        }
+    }
+    let mx = lanes.iter().fold(m, |a, &b| a.max(b));
+    let mut sums = [0.0f32; LANES];
+    for (c, chunk) in s.chunks_exact_mut(LANES).enumerate() {
+        for (l, (acc, x)) in sums.iter_mut().zip(chunk).enumerate() {
+            let e = exp_approx((*x - mx).max(-87.0));
+            *x = if c * LANES + l < visible { e } else { 0.0 };
+            *acc += *x;
+        }
+    }
+    (mx, sums.iter().sum())
 }
 
 /// Scores of the queries against keys p0..p0 + n (`N` keys, or `n` when `N` is 0), one dimension

@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::gemm_f32::COLS;
 use super::{scalar, Isa, Kernels};
 use crate::quant::{act_scale, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
 
@@ -47,6 +48,7 @@ pub(super) fn table() -> Kernels {
         dot_f32,
         gelu,
         gemm16_f32,
+        regroup16: super::gemm_f32::regroup16_portable,
         attend_f32,
         attend_f16,
     }
@@ -83,29 +85,29 @@ unsafe fn f16c_convert(src: &[half::f16], dst: &mut [f32]) {
     }
 }
 
-/// The float GEMM tile: sixteen rows in two registers, four columns at a time (eight
-/// accumulators: all eight columns would spill AVX2's sixteen registers).
-pub(super) fn gemm16_f32(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
+/// The float GEMM tile at AVX2 width: the sixteen rows in two registers, four activation
+/// columns (eight accumulators) at a time.
+pub(super) fn gemm16_f32(w: &[f32], x: &[f32], out: &mut [[f32; 16]; COLS]) {
     #[target_feature(enable = "avx2,fma")]
-    fn wide(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
-        let n = x.iter().map(|c| c.len()).fold(w.len() / 16, usize::min);
-        for half in 0..2 {
-            let xs = &x[4 * half..4 * half + 4];
+    fn wide(w: &[f32], x: &[f32], out: &mut [[f32; 16]; COLS]) {
+        let n = (w.len() / 16).min(x.len() / COLS);
+        for quarter in 0..COLS / 4 {
             let mut acc = [[_mm256_setzero_ps(); 2]; 4];
             for k in 0..n {
-                // SAFETY: 16·k + 16 ≤ w.len() since k < n ≤ w.len() / 16.
-                let (w0, w1) = unsafe {
+                // SAFETY: 16·k + 16 ≤ w.len() and COLS·k + COLS ≤ x.len(), since k < n.
+                let (w0, w1, xk) = unsafe {
                     let p = w.as_ptr().add(16 * k);
-                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                    let xk = x.as_ptr().add(COLS * k + 4 * quarter);
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), xk)
                 };
-                for (a, xc) in acc.iter_mut().zip(xs) {
-                    // SAFETY: k < n ≤ xc.len().
-                    let v = _mm256_set1_ps(unsafe { *xc.get_unchecked(k) });
+                for (c, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: 4·quarter + c < COLS, inside the k-th group (above).
+                    let v = _mm256_set1_ps(unsafe { *xk.add(c) });
                     a[0] = _mm256_fmadd_ps(w0, v, a[0]);
                     a[1] = _mm256_fmadd_ps(w1, v, a[1]);
                 }
             }
-            for (o, a) in out[4 * half..4 * half + 4].iter_mut().zip(acc) {
+            for (o, a) in out[4 * quarter..4 * quarter + 4].iter_mut().zip(acc) {
                 // SAFETY: `o` has room for 16 floats.
                 unsafe {
                     _mm256_storeu_ps(o.as_mut_ptr(), a[0]);

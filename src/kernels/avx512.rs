@@ -10,6 +10,7 @@ use super::avx2::imp::{
     f16_splat, four_rows, hsum_epi32, hsum_ps, load32, nibbles, q6_chunk, q6_offset, q8_family,
     scale_add, two_lanes, PREFETCH_BYTES,
 };
+use super::gemm_f32::COLS;
 use super::{avx2, Isa, Kernels};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8Act, BlockQ8K, BlockQ8_0};
 
@@ -53,6 +54,7 @@ pub(super) fn table() -> Kernels {
         dot_f32: avx2::dot_f32,
         gelu,
         gemm16_f32,
+        regroup16,
         attend_f32,
         attend_f16,
     }
@@ -220,19 +222,24 @@ mod attn {
     }
 }
 
-/// The float GEMM tile: sixteen rows in one register, eight accumulators, each activation value
-/// an embedded broadcast.
-fn gemm16_f32(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
+/// The float GEMM tile: sixteen rows in one register, sixteen accumulators, each activation
+/// value an embedded broadcast from the packed columns.
+fn gemm16_f32(w: &[f32], x: &[f32], out: &mut [[f32; 16]; COLS]) {
     #[target_feature(enable = "avx2,fma,avx512f")]
-    fn wide(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
-        let n = x.iter().map(|c| c.len()).fold(w.len() / 16, usize::min);
-        let mut acc = [_mm512_setzero_ps(); 8];
+    fn wide(w: &[f32], x: &[f32], out: &mut [[f32; 16]; COLS]) {
+        let n = (w.len() / 16).min(x.len() / COLS);
+        let mut acc = [_mm512_setzero_ps(); COLS];
         for k in 0..n {
-            // SAFETY: 16·k + 16 ≤ w.len() since k < n ≤ w.len() / 16.
-            let wk = unsafe { _mm512_loadu_ps(w.as_ptr().add(16 * k)) };
-            for (a, xc) in acc.iter_mut().zip(&x) {
-                // SAFETY: k < n ≤ xc.len().
-                let v = unsafe { *xc.get_unchecked(k) };
+            // SAFETY: 16·k + 16 ≤ w.len() and COLS·k + COLS ≤ x.len(), since k < n.
+            let (wk, xk) = unsafe {
+                (
+                    _mm512_loadu_ps(w.as_ptr().add(16 * k)),
+                    x.as_ptr().add(COLS * k),
+                )
+            };
+            for (c, a) in acc.iter_mut().enumerate() {
+                // SAFETY: c < COLS, inside the k-th group (above).
+                let v = unsafe { *xk.add(c) };
                 *a = _mm512_fmadd_ps(wk, _mm512_set1_ps(v), *a);
             }
         }
@@ -243,6 +250,67 @@ fn gemm16_f32(w: &[f32], x: [&[f32]; 8], out: &mut [[f32; 16]; 8]) {
     }
     // SAFETY: reachable only through `table()`, after `detected()` confirmed AVX-512 and FMA.
     unsafe { wide(w, x, out) }
+}
+
+/// Sixteen rows to k-major order, sixteen values of each at a time: a 16 × 16 transpose in
+/// registers (pairs, then quads, then 128-bit lanes twice), scalar for the last n mod 16.
+fn regroup16(rows: [&[f32]; 16], n: usize, dst: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    fn wide(rows: [&[f32]; 16], n: usize, dst: &mut [f32]) {
+        assert!(
+            dst.len() >= n * 16 && rows.iter().all(|r| r.len() >= n),
+            "regroup shape"
+        );
+        let whole = n / 16 * 16;
+        for k0 in (0..whole).step_by(16) {
+            // SAFETY: k0 + 16 ≤ n ≤ every row's length (asserted above).
+            let r: [__m512; 16] =
+                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i].as_ptr().add(k0)) });
+            // t[2j], t[2j + 1]: rows 2j and 2j + 1 interleaved (low and high pairs of each lane).
+            let t: [__m512; 16] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 {
+                    _mm512_unpacklo_ps(a, b)
+                } else {
+                    _mm512_unpackhi_ps(a, b)
+                }
+            });
+            // u[4j + m]: in lane L, rows 4j..4j + 4 at column 4L + m.
+            let u: [__m512; 16] = std::array::from_fn(|i| {
+                let (j, m) = (i / 4, i % 4);
+                let a = _mm512_castps_pd(t[4 * j + m / 2]);
+                let b = _mm512_castps_pd(t[4 * j + m / 2 + 2]);
+                _mm512_castpd_ps(if m % 2 == 0 {
+                    _mm512_unpacklo_pd(a, b)
+                } else {
+                    _mm512_unpackhi_pd(a, b)
+                })
+            });
+            for m in 0..4 {
+                let x0 = _mm512_shuffle_f32x4::<0x44>(u[m], u[4 + m]);
+                let x1 = _mm512_shuffle_f32x4::<0xee>(u[m], u[4 + m]);
+                let y0 = _mm512_shuffle_f32x4::<0x44>(u[8 + m], u[12 + m]);
+                let y1 = _mm512_shuffle_f32x4::<0xee>(u[8 + m], u[12 + m]);
+                let out = [
+                    _mm512_shuffle_f32x4::<0x88>(x0, y0),
+                    _mm512_shuffle_f32x4::<0xdd>(x0, y0),
+                    _mm512_shuffle_f32x4::<0x88>(x1, y1),
+                    _mm512_shuffle_f32x4::<0xdd>(x1, y1),
+                ];
+                for (l, v) in out.into_iter().enumerate() {
+                    // SAFETY: column k0 + 4l + m < n, so its 16 values lie inside `dst`.
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((k0 + 4 * l + m) * 16), v) };
+                }
+            }
+        }
+        for (k, d) in dst.chunks_exact_mut(16).enumerate().take(n).skip(whole) {
+            for (v, r) in d.iter_mut().zip(&rows) {
+                *v = r[k];
+            }
+        }
+    }
+    // SAFETY: reachable only through `table()`, after `detected()` confirmed AVX-512.
+    unsafe { wide(rows, n, dst) }
 }
 
 /// GELU at AVX-512 width.

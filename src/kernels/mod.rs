@@ -175,6 +175,8 @@ pub struct Kernels {
     pub gelu: fn(&mut [f32]),
     /// 16 × 8 float tiles over regrouped F32/F16 weight rows (prefill on float models).
     pub gemm16_f32: gemm_f32::Gemm16F32Fn,
+    /// Sixteen rows to k-major order, the layout of both operands of `gemm16_f32`.
+    pub regroup16: gemm_f32::Regroup16Fn,
     /// Attention over an F32 KV cache.
     pub attend_f32: attend::AttendFn<f32>,
     /// Attention over an F16 KV cache.
@@ -260,6 +262,7 @@ impl Kernels {
             dot_f32: scalar::dot_f32,
             gelu: scalar::gelu,
             gemm16_f32: gemm_f32::tile_portable,
+            regroup16: gemm_f32::regroup16_portable,
             attend_f32: attend::attend_portable,
             attend_f16: attend::attend_portable,
         }

@@ -69,6 +69,7 @@ pub(super) fn table() -> Kernels {
         // NEON is part of the aarch64 baseline: the portable form vectorizes to it.
         gelu: super::math::gelu_approx,
         gemm16_f32: super::gemm_f32::tile_fma,
+        regroup16: super::gemm_f32::regroup16_portable,
         attend_f32: super::attend::attend_fma,
         attend_f16: super::attend::attend_fma,
     }

@@ -523,16 +523,12 @@ fn check_gemm16_f32(k: &Kernels) {
         assert_eq!(packed, want, "{} regroup16 n={n}", k.isa);
         let mut out = [[f32::NAN; ROWS]; COLS];
         (k.gemm16_f32)(&w, &packed, &mut out);
-        for c in 0..COLS {
-            for r in 0..ROWS {
+        for (c, (oc, xc)) in out.iter().zip(group).enumerate() {
+            for (r, &o) in oc.iter().enumerate() {
                 let terms: Vec<f64> = (0..n)
-                    .map(|kk| w[kk * ROWS + r] as f64 * x.get(c).map_or(0.0, |x| x[kk] as f64))
+                    .map(|kk| w[kk * ROWS + r] as f64 * xc[kk] as f64)
                     .collect();
-                check(
-                    &format!("{} gemm16_f32 n={n} [{c}][{r}]", k.isa),
-                    out[c][r],
-                    &terms,
-                );
+                check(&format!("{} gemm16_f32 n={n} [{c}][{r}]", k.isa), o, &terms);
             }
         }
     }

@@ -164,24 +164,47 @@ mod attn {
         q: [&[f32]; 4],
         s: &mut [[f32; 64]; 4],
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 4]; NQ];
-        for d in 0..64 {
-            let row = kt.wrapping_add((d * cap + p0) * size);
-            // SAFETY: 64 elements from `row` are readable (the caller's contract).
-            let k = [0, 1, 2, 3].map(|j| unsafe { load16(row.wrapping_add(16 * j * size), size) });
-            for (acc, q) in acc.iter_mut().zip(&q) {
-                let qd = _mm512_set1_ps(q[d]);
-                for (a, k) in acc.iter_mut().zip(&k) {
-                    *a = _mm512_fmadd_ps(qd, *k, *a);
+        // One or two queries fill too few accumulators to hide the FMA latency: they take even
+        // and odd dimensions into two sets, added at the end.
+        let sets = if NQ <= 2 { 2 } else { 1 };
+        let mut acc = [[[_mm512_setzero_ps(); 4]; NQ]; 2];
+        for d0 in (0..64).step_by(sets) {
+            for (h, acc) in acc.iter_mut().enumerate().take(sets) {
+                let d = d0 + h;
+                let row = kt.wrapping_add((d * cap + p0) * size);
+                // SAFETY: 64 elements from `row` are readable (the caller's contract).
+                let k =
+                    [0, 1, 2, 3].map(|j| unsafe { load16(row.wrapping_add(16 * j * size), size) });
+                for (acc, q) in acc.iter_mut().zip(&q) {
+                    let qd = _mm512_set1_ps(q[d]);
+                    for (a, k) in acc.iter_mut().zip(&k) {
+                        *a = _mm512_fmadd_ps(qd, *k, *a);
+                    }
                 }
             }
         }
+        let acc = merge(acc, sets);
         for (s, acc) in s.iter_mut().zip(&acc) {
             for (j, a) in acc.iter().enumerate() {
                 // SAFETY: s has room for 64 floats, 16 at 16·j.
                 unsafe { _mm512_storeu_ps(s.as_mut_ptr().add(16 * j), *a) };
             }
         }
+    }
+
+    /// The first set of accumulators, plus the second when `sets` is 2.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn merge<const NQ: usize>(acc: [[[__m512; 4]; NQ]; 2], sets: usize) -> [[__m512; 4]; NQ] {
+        let [mut a, b] = acc;
+        if sets == 2 {
+            for (a, b) in a.iter_mut().zip(&b) {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x = _mm512_add_ps(*x, *y);
+                }
+            }
+        }
+        a
     }
 
     /// See `Widen::pv64`.
@@ -198,11 +221,14 @@ mod attn {
         s: &[[f32; 64]; 4],
         o: [&mut [f32]; 4],
     ) {
+        // As in `scores64`: one or two queries take even and odd positions into two sets.
+        let sets = if NQ <= 2 { 2 } else { 1 };
+        let mut acc = [[[_mm512_setzero_ps(); 4]; NQ]; 2];
         // SAFETY: each `o[i]` holds at least 64 floats (asserted by the caller).
-        let mut acc: [[__m512; 4]; NQ] = std::array::from_fn(|i| {
+        acc[0] = std::array::from_fn(|i| {
             [0, 1, 2, 3].map(|j| unsafe { _mm512_loadu_ps(o[i].as_ptr().add(16 * j)) })
         });
-        for j in 0..n {
+        let add_row = |acc: &mut [[__m512; 4]; NQ], j: usize| {
             let row = v.wrapping_add((p0 + j) * 64 * size);
             // SAFETY: row p0 + j is readable (the caller's contract).
             let vr = [0, 1, 2, 3].map(|c| unsafe { load16(row.wrapping_add(16 * c * size), size) });
@@ -212,7 +238,17 @@ mod attn {
                     *a = _mm512_fmadd_ps(w, *v, *a);
                 }
             }
+        };
+        let paired = n / sets * sets;
+        for j0 in (0..paired).step_by(sets) {
+            for (h, acc) in acc.iter_mut().enumerate().take(sets) {
+                add_row(acc, j0 + h);
+            }
         }
+        for j in paired..n {
+            add_row(&mut acc[0], j);
+        }
+        let acc = merge(acc, sets);
         for (o, acc) in o.into_iter().zip(&acc) {
             for (c, a) in acc.iter().enumerate() {
                 // SAFETY: `o` holds at least 64 floats.

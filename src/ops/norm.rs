@@ -1,16 +1,49 @@
 //! LayerNorm.
 
-/// LayerNorm of each `w.len()`-wide row of `x` into `out`: `(x − mean) / sqrt(var + eps) · w + b`.
+use rayon::prelude::*;
+
+/// Partial sums per row: a fixed count, so that LLVM vectorizes the reductions at any width and
+/// every width adds in the same order.
+const LANES: usize = 16;
+/// Values from which rows are normalized in parallel (below, waking the pool costs more).
+const PARALLEL_VALUES: usize = 64 * 1024;
+
+/// `out = (x − mean) / √(var + eps) · w + b` for each row of `x` (rows of `w.len()` values).
 pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
     let n = w.len();
-    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let mean = xr.iter().sum::<f32>() / n as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (((o, &v), &wi), &bi) in or.iter_mut().zip(xr).zip(w).zip(b) {
-            *o = (v - mean) * inv * wi + bi;
+    let row = |(xr, or): (&[f32], &mut [f32])| norm_row(xr, w, b, eps, or);
+    if x.len() < PARALLEL_VALUES {
+        x.chunks_exact(n).zip(out.chunks_exact_mut(n)).for_each(row);
+    } else {
+        x.par_chunks_exact(n)
+            .zip(out.par_chunks_exact_mut(n))
+            .for_each(row);
+    }
+}
+
+/// One row of [`layer_norm`].
+fn norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    let n = x.len() as f32;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
+    let inv = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &wi), &bi) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = (v - mean) * inv * wi + bi;
+    }
+}
+
+/// `Σ f(x[i])` in [`LANES`] partial sums.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f(v);
         }
     }
+    lanes.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

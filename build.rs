@@ -1,8 +1,31 @@
-//! Build script: records the git commit for `qgpt --version` (and, later, the build-info metric).
+//! Build script: compiles the gRPC API (`proto/qgpt/v1/*.proto`) in pure Rust (protox, no system
+//! protoc) into tonic/prost code and a descriptor set for server reflection, and records the git
+//! commit for `qgpt --version` and the build-info metric.
 
+use std::path::PathBuf;
 use std::process::Command;
 
-fn main() {
+use prost::Message;
+
+/// The API's files, relative to `proto/`.
+const PROTOS: &[&str] = &["qgpt/v1/generation.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let files: Vec<PathBuf> = PROTOS
+        .iter()
+        .map(|p| PathBuf::from("proto").join(p))
+        .collect();
+    let fds = protox::compile(&files, ["proto"])?;
+    std::fs::write(out.join("qgpt_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+
     let sha = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
@@ -19,4 +42,5 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+    Ok(())
 }

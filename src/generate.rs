@@ -1,10 +1,14 @@
 //! One generation from start to finish on the calling thread: prefill, then sample and decode
-//! token by token, streaming text as it becomes valid UTF-8.
+//! token by token, streaming text as it becomes final (valid UTF-8, not the possible start of a
+//! stop string), until a limit, a stop condition, the deadline or the caller ends it.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::model::{ForwardError, Gpt2, Logits, Scratch};
+use crate::ops::log_softmax;
 use crate::sampling::{Sampler, SamplingError, SamplingParams};
+use crate::stop::StopMatcher;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Most prompt tokens processed per forward call during prefill: llama.cpp's default
@@ -21,6 +25,30 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Keep going after the end-of-sequence token.
     pub ignore_eos: bool,
+    /// Stop when the text contains one of these (it is not returned).
+    pub stop: Vec<String>,
+    /// Stop after generating one of these tokens (it is returned).
+    pub stop_token_ids: Vec<u32>,
+    /// Most likely alternatives to report per token (0: no log-probabilities at all).
+    pub logprobs: usize,
+    /// Stop (finish reason `Deadline`) once this instant has passed; checked before every
+    /// forward call.
+    pub deadline: Option<Instant>,
+}
+
+impl GenerateOptions {
+    /// `max_new_tokens` tokens with `sampling`, nothing else.
+    pub fn new(max_new_tokens: usize, sampling: SamplingParams) -> Self {
+        Self {
+            max_new_tokens,
+            sampling,
+            ignore_eos: false,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            logprobs: 0,
+            deadline: None,
+        }
+    }
 }
 
 /// Why generation stopped.
@@ -31,8 +59,14 @@ pub enum FinishReason {
     Length,
     /// The model produced its end-of-sequence token.
     Eos,
+    /// A stop string or stop token was generated.
+    StopSequence,
     /// The model's context is full.
     ContextFull,
+    /// The deadline passed.
+    Deadline,
+    /// The caller asked to stop.
+    Cancelled,
 }
 
 impl FinishReason {
@@ -41,9 +75,26 @@ impl FinishReason {
         match self {
             FinishReason::Length => "length",
             FinishReason::Eos => "eos",
+            FinishReason::StopSequence => "stop_sequence",
             FinishReason::ContextFull => "context_full",
+            FinishReason::Deadline => "deadline",
+            FinishReason::Cancelled => "cancelled",
         }
     }
+}
+
+/// One generated token, as the callback of [`generate`] sees it.
+#[derive(Debug)]
+pub struct TokenEvent<'a> {
+    /// Token id.
+    pub id: u32,
+    /// Its log-probability under the model's distribution, when log-probabilities were asked for.
+    pub logprob: Option<f32>,
+    /// The most likely alternatives (id, log-probability), best first.
+    pub top: &'a [(u32, f32)],
+    /// Text that became final with this token (whole UTF-8 characters; may be empty while
+    /// text is held back as the possible start of a stop string).
+    pub text: &'a str,
 }
 
 /// The result of a generation.
@@ -53,10 +104,15 @@ pub struct Generation {
     pub prompt_ids: Vec<u32>,
     /// Generated ids (an end-of-sequence token that stopped generation is not included).
     pub ids: Vec<u32>,
-    /// Generated text.
+    /// Generated text (without a stop string and what followed it).
     pub text: String,
+    /// Text released after the last token event (held-back text and incomplete characters);
+    /// already part of `text`.
+    pub final_text: String,
     /// Why it stopped.
     pub finish_reason: FinishReason,
+    /// The stop string or stop token (as text, e.g. "token 50256") that ended generation.
+    pub stop_reason: Option<String>,
     /// Time to process the prompt and produce the first logits.
     pub prefill_time: Duration,
     /// Time spent in decode steps.
@@ -92,21 +148,25 @@ pub enum GenerateError {
     EmptyPrompt,
     #[error("the prompt has {len} tokens; the model's context holds {n_ctx}")]
     PromptTooLong { len: usize, n_ctx: usize },
+    #[error("token id {id} is outside the vocabulary ({n_vocab} tokens)")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
     #[error(transparent)]
     Sampling(#[from] SamplingError),
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
 
-/// Generates from `prompt_ids`, calling `on_text` with each piece of text as it completes.
+/// Generates from `prompt_ids`, calling `on_token` for each generated token; returning
+/// `ControlFlow::Break` from it stops generation (finish reason `Cancelled`).
 pub fn generate(
     model: &Gpt2,
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
-    mut on_text: impl FnMut(&str),
+    mut on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
-    let n_ctx = model.config().n_ctx;
+    let cfg = model.config();
+    let n_ctx = cfg.n_ctx;
     if prompt_ids.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
@@ -116,64 +176,136 @@ pub fn generate(
             n_ctx,
         });
     }
+    if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= cfg.n_vocab) {
+        return Err(GenerateError::TokenOutOfRange {
+            id,
+            n_vocab: cfg.n_vocab,
+        });
+    }
     let mut sampler = Sampler::new(opts.sampling.clone())?;
+    sampler.observe(prompt_ids);
+    let past_deadline = || opts.deadline.is_some_and(|d| Instant::now() >= d);
+    let mut g = Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        ids: Vec::with_capacity(opts.max_new_tokens.min(n_ctx)),
+        text: String::new(),
+        final_text: String::new(),
+        finish_reason: FinishReason::Length,
+        stop_reason: None,
+        prefill_time: Duration::ZERO,
+        decode_time: Duration::ZERO,
+        decode_steps: 0,
+    };
+    if past_deadline() {
+        g.finish_reason = FinishReason::Deadline;
+        return Ok(g);
+    }
     // The KV cache and buffers are sized by this request, never by the file's claims alone.
-    let mut cache = model.new_cache(prompt_ids.len() + opts.max_new_tokens);
-    let mut scratch = Scratch::new(model.config(), PREFILL_CHUNK.min(prompt_ids.len()));
-    let mut logits = vec![0f32; model.config().n_vocab];
+    let mut cache = model.new_cache((prompt_ids.len() + opts.max_new_tokens).min(n_ctx));
+    let mut scratch = Scratch::new(cfg, PREFILL_CHUNK.min(prompt_ids.len()));
+    let mut logits = vec![0f32; cfg.n_vocab];
 
+    // Prefill in chunks, so that a deadline is seen between them.
     let start = Instant::now();
-    model.forward(
-        &mut cache,
-        prompt_ids,
-        &mut scratch,
-        Logits::Last,
-        &mut logits,
-    )?;
-    let prefill_time = start.elapsed();
+    for chunk in prompt_ids.chunks(PREFILL_CHUNK) {
+        if past_deadline() {
+            g.finish_reason = FinishReason::Deadline;
+            g.prefill_time = start.elapsed();
+            return Ok(g);
+        }
+        model.forward(&mut cache, chunk, &mut scratch, Logits::Last, &mut logits)?;
+    }
+    g.prefill_time = start.elapsed();
 
     let mut decoder = StreamDecoder::default();
-    let mut ids = Vec::with_capacity(opts.max_new_tokens);
-    let mut text = String::new();
-    let mut decode_time = Duration::ZERO;
-    let mut decode_steps = 0;
-    let finish_reason = loop {
-        if ids.len() == opts.max_new_tokens {
+    let mut stops = StopMatcher::new(&opts.stop);
+    let mut logprobs = vec![0f32; if opts.logprobs > 0 { cfg.n_vocab } else { 0 }];
+    let mut top = Vec::with_capacity(opts.logprobs);
+    let mut stopped = false;
+    g.finish_reason = loop {
+        if g.ids.len() == opts.max_new_tokens {
             break FinishReason::Length;
         }
-        let id = sampler.sample(&logits);
+        if opts.logprobs > 0 {
+            log_softmax(&logits, &mut logprobs);
+            top_n(&logprobs, opts.logprobs, &mut top);
+        }
+        let id = sampler.sample(&mut logits);
         if !opts.ignore_eos && Some(id) == tokenizer.eos() {
             break FinishReason::Eos;
         }
-        ids.push(id);
-        let piece = decoder.push(tokenizer, id);
-        if !piece.is_empty() {
-            on_text(&piece);
-            text.push_str(&piece);
+        g.ids.push(id);
+        sampler.observe(&[id]);
+        let released = stops.push(&decoder.push(tokenizer, id));
+        g.text.push_str(&released.text);
+        let event = TokenEvent {
+            id,
+            logprob: logprobs.get(id as usize).copied(),
+            top: &top,
+            text: &released.text,
+        };
+        if on_token(event).is_break() {
+            break FinishReason::Cancelled;
         }
-        if ids.len() == opts.max_new_tokens {
+        if let Some(i) = released.stopped {
+            g.stop_reason = Some(opts.stop_strings_non_empty()[i].clone());
+            stopped = true;
+            break FinishReason::StopSequence;
+        }
+        if opts.stop_token_ids.contains(&id) {
+            g.stop_reason = Some(format!("token {id}"));
+            break FinishReason::StopSequence;
+        }
+        if g.ids.len() == opts.max_new_tokens {
             break FinishReason::Length;
         }
         if cache.len() == n_ctx {
             break FinishReason::ContextFull;
         }
+        if past_deadline() {
+            break FinishReason::Deadline;
+        }
         let t = Instant::now();
         model.forward(&mut cache, &[id], &mut scratch, Logits::Last, &mut logits)?;
-        decode_time += t.elapsed();
-        decode_steps += 1;
+        g.decode_time += t.elapsed();
+        g.decode_steps += 1;
     };
-    let tail = decoder.finish();
-    if !tail.is_empty() {
-        on_text(&tail);
-        text.push_str(&tail);
+    if !stopped {
+        // Incomplete characters and held-back text: a stop string may still complete in them.
+        let released = stops.push(&decoder.finish());
+        let mut tail = released.text;
+        match released.stopped {
+            Some(i) => {
+                g.stop_reason = Some(opts.stop_strings_non_empty()[i].clone());
+                g.finish_reason = FinishReason::StopSequence;
+            }
+            None => tail.push_str(&stops.finish()),
+        }
+        g.text.push_str(&tail);
+        g.final_text = tail;
     }
-    Ok(Generation {
-        prompt_ids: prompt_ids.to_vec(),
-        ids,
-        text,
-        finish_reason,
-        prefill_time,
-        decode_time,
-        decode_steps,
-    })
+    Ok(g)
+}
+
+impl GenerateOptions {
+    /// The stop strings as [`StopMatcher`] indexes them (empty ones left out).
+    fn stop_strings_non_empty(&self) -> Vec<String> {
+        self.stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+/// The `n` largest of `logprobs` as (id, value), best first (ties by lower id).
+fn top_n(logprobs: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    out.extend(logprobs.iter().enumerate().map(|(i, &v)| (i as u32, v)));
+    let by_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if n < out.len() {
+        out.select_nth_unstable_by(n, by_desc);
+        out.truncate(n);
+    }
+    out.sort_unstable_by(by_desc);
 }

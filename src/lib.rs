@@ -10,4 +10,6 @@ pub mod ops;
 pub mod perplexity;
 pub mod quant;
 pub mod sampling;
+pub mod server;
+pub mod stop;
 pub mod tokenizer;

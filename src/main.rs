@@ -9,7 +9,7 @@ mod cli;
 #[derive(Parser)]
 #[command(
     name = "qgpt",
-    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QGPT_GIT_SHA"), ")"),
+    version = qgpt::server::VERSION,
     about = "GPT-family text generation from GGUF files"
 )]
 struct Cli {
@@ -29,14 +29,21 @@ enum Command {
     Bench(cli::bench::Args),
     /// Score a text file's perplexity (llama-perplexity's method).
     Perplexity(cli::perplexity::Args),
+    /// Serve the gRPC API (qgpt.v1.TextGeneration, health, reflection) until SIGTERM/SIGINT.
+    Serve(cli::serve::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs its lifecycle and each finished request; the other commands only warn.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -46,6 +53,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => cli::generate::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
+        Command::Serve(a) => cli::serve::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -81,14 +81,13 @@ fn check_run(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) 
 /// Free-running greedy generation matches the reference ids up to its first near-tie.
 fn check_greedy(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) {
     let opts = GenerateOptions {
-        max_new_tokens: run.ids.len(),
-        sampling: SamplingParams {
-            temperature: 0.0,
-            ..SamplingParams::default()
-        },
         ignore_eos: true,
+        ..GenerateOptions::new(run.ids.len(), SamplingParams::greedy())
     };
-    let g = generate(&m.model, &m.tokenizer, prompt, &opts, |_| {}).unwrap();
+    let g = generate(&m.model, &m.tokenizer, prompt, &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     let firm = run.margins.iter().take_while(|&&mg| mg > 2.0 * tol).count();
     assert!(firm > 0 || run.margins[0] <= 2.0 * tol);
     assert_eq!(

@@ -43,6 +43,9 @@ pub struct Args {
     /// Do not stop at the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Stop when the text contains this string (not printed); repeatable.
+    #[arg(long)]
+    stop: Vec<String>,
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -90,21 +93,30 @@ pub fn run(args: Args) -> Result<(), CliError> {
             .map_or(0, |d| d.as_nanos() as u64)
     });
     let opts = GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        sampling: SamplingParams {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            seed,
-        },
+        stop: args.stop.clone(),
         ignore_eos: args.ignore_eos,
+        ..GenerateOptions::new(
+            args.max_new_tokens,
+            SamplingParams {
+                temperature: args.temperature,
+                top_k: args.top_k,
+                top_p: args.top_p,
+                seed,
+                ..SamplingParams::greedy()
+            },
+        )
     };
     let mut write_err = None;
-    let g = generate(&m.model, &m.tokenizer, &prompt_ids, &opts, |piece| {
-        if !args.json && write_err.is_none() {
-            write_err = print_flush(piece).err();
+    let mut show = |text: &str| {
+        if !args.json && write_err.is_none() && !text.is_empty() {
+            write_err = print_flush(text).err();
         }
+    };
+    let g = generate(&m.model, &m.tokenizer, &prompt_ids, &opts, |ev| {
+        show(ev.text);
+        std::ops::ControlFlow::Continue(())
     })?;
+    show(&g.final_text);
     if let Some(e) = write_err {
         return Err(e);
     }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod generate;
 pub mod inspect;
 pub mod perplexity;
+pub mod serve;
 pub mod tokenize;
 
 use std::io::Write;

@@ -1,0 +1,141 @@
+//! `qgpt serve`: the gRPC server. Every flag can also come from the environment variable named in
+//! its help (`QGPT_*`); a flag on the command line wins.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{init_threads, CliError, KvTypeArg};
+use qgpt::server::{serve_on, Limits, ServeConfig, Transport};
+
+/// Arguments of `qgpt serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// GGUF model file.
+    #[arg(short, long, env = "QGPT_MODEL")]
+    model: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "QGPT_HOST", default_value = "0.0.0.0")]
+    host: IpAddr,
+    /// gRPC port.
+    #[arg(long, env = "QGPT_PORT", default_value_t = 50051)]
+    port: u16,
+    /// Prometheus metrics port (the /metrics endpoint comes with issue #7; the flag is reserved).
+    #[arg(long, env = "QGPT_METRICS_PORT", default_value_t = 9090)]
+    metrics_port: u16,
+    /// Compute threads (default: the CPUs this process may use, cgroup limits included).
+    #[arg(short, long, env = "QGPT_THREADS")]
+    threads: Option<usize>,
+    /// Element type of the KV cache.
+    #[arg(long, env = "QGPT_KV_TYPE", value_enum, default_value = "f16")]
+    kv_type: KvTypeArg,
+    /// Requests that may wait for the engine; more are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "QGPT_MAX_QUEUED", default_value_t = 64)]
+    max_queued: usize,
+    /// max_new_tokens for requests that leave it 0 (always capped by the context left).
+    #[arg(long, env = "QGPT_DEFAULT_MAX_NEW_TOKENS", default_value_t = 256)]
+    default_max_new_tokens: u32,
+    /// Most stop strings per request.
+    #[arg(long, env = "QGPT_MAX_STOP", default_value_t = 16)]
+    max_stop: usize,
+    /// Most bytes per stop string.
+    #[arg(long, env = "QGPT_MAX_STOP_BYTES", default_value_t = 256)]
+    max_stop_bytes: usize,
+    /// Most stop token ids per request.
+    #[arg(long, env = "QGPT_MAX_STOP_TOKEN_IDS", default_value_t = 64)]
+    max_stop_token_ids: usize,
+    /// Most alternatives per token that `logprobs` may ask for.
+    #[arg(long, env = "QGPT_MAX_LOGPROBS", default_value_t = 20)]
+    max_logprobs: u32,
+    /// Most bytes of a caller's request_id.
+    #[arg(long, env = "QGPT_MAX_REQUEST_ID_BYTES", default_value_t = 128)]
+    max_request_id_bytes: usize,
+    /// Largest gRPC message received or sent, in bytes.
+    #[arg(long, env = "QGPT_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    max_message_bytes: usize,
+    /// Seconds between HTTP/2 keepalive pings; 0 turns them off.
+    #[arg(long, env = "QGPT_KEEPALIVE_INTERVAL_S", default_value_t = 30)]
+    keepalive_interval_s: u64,
+    /// Seconds a keepalive ping may go unanswered before the connection is closed.
+    #[arg(long, env = "QGPT_KEEPALIVE_TIMEOUT_S", default_value_t = 10)]
+    keepalive_timeout_s: u64,
+    /// Seconds after which a connection is closed gracefully so that clients reconnect and
+    /// spread over replicas; 0: never.
+    #[arg(long, env = "QGPT_MAX_CONNECTION_AGE_S", default_value_t = 300)]
+    max_connection_age_s: u64,
+    /// Seconds that running and queued requests get to finish after SIGTERM/SIGINT; past that
+    /// they end with CANCELLED.
+    #[arg(long, env = "QGPT_DRAIN_TIMEOUT_S", default_value_t = 30)]
+    drain_timeout_s: u64,
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains and returns.
+pub fn run(args: Args) -> Result<(), CliError> {
+    let threads = init_threads(args.threads)?;
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+    let config = ServeConfig {
+        model: args.model,
+        addr: SocketAddr::new(args.host, args.port),
+        limits: Limits {
+            max_queued: args.max_queued,
+            default_max_new_tokens: args.default_max_new_tokens,
+            max_stop: args.max_stop,
+            max_stop_bytes: args.max_stop_bytes,
+            max_stop_token_ids: args.max_stop_token_ids,
+            max_logprobs: args.max_logprobs,
+            max_request_id_bytes: args.max_request_id_bytes,
+            ..Limits::default()
+        },
+        transport: Transport {
+            max_message_bytes: args.max_message_bytes,
+            keepalive_interval: secs(args.keepalive_interval_s),
+            keepalive_timeout: Duration::from_secs(args.keepalive_timeout_s),
+            max_connection_age: secs(args.max_connection_age_s),
+        },
+        drain_timeout: Duration::from_secs(args.drain_timeout_s),
+        kv_type: args.kv_type.into(),
+    };
+    tracing::info!(
+        threads,
+        metrics_port = args.metrics_port,
+        "compute pool sized"
+    );
+    // The async threads only move messages; generation runs on the engine thread and the
+    // compute pool.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("qgpt-io")
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|e| format!("listening on {}: {e}", config.addr))?;
+        serve_on(listener, config, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes at the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,196 @@
+//! The gRPC server (`qgpt serve`): `qgpt.v1.TextGeneration`, `grpc.health.v1.Health` and server
+//! reflection on one port.
+//!
+//! Lifecycle: the port opens at once with health NOT_SERVING (generation calls get UNAVAILABLE);
+//! the model is mapped, validated and warmed up with one forward step on a blocking thread; then
+//! health turns SERVING. When the shutdown signal comes, health turns NOT_SERVING and new
+//! requests get UNAVAILABLE; running and queued requests finish within the drain timeout (past
+//! it they end with CANCELLED); then the server closes and `serve_on` returns.
+
+mod config;
+mod engine;
+mod gate;
+mod info;
+pub mod pb;
+mod request;
+mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::ServingStatus;
+
+pub use config::{Limits, ServeConfig, Transport};
+
+use crate::generate::{generate, GenerateOptions};
+use crate::model::LoadedModel;
+use crate::sampling::SamplingParams;
+use engine::Engine;
+use gate::Gate;
+use service::Service;
+
+/// qgpt's version and commit, as `qgpt --version` prints them.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QGPT_GIT_SHA"), ")");
+
+/// The fully qualified name of the generation service, as health checks name it.
+pub const SERVICE_NAME: &str = "qgpt.v1.TextGeneration";
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("loading the model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("warming up the model: {0}")]
+    WarmUp(String),
+    #[error("{0}")]
+    Kernels(String),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains and returns.
+pub async fn serve_on(
+    listener: TcpListener,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let addr: SocketAddr = listener
+        .local_addr()
+        .map_err(|e| ServeError::WarmUp(format!("reading the listener's address: {e}")))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let gate = Gate::default();
+    let draining = Arc::new(AtomicBool::new(false));
+    let t = &config.transport;
+    let api = pb::text_generation_server::TextGenerationServer::new(gate.clone())
+        .max_decoding_message_size(t.max_message_bytes)
+        .max_encoding_message_size(t.max_message_bytes);
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(t.keepalive_interval)
+        .http2_keepalive_timeout(Some(t.keepalive_timeout));
+    if let Some(age) = t.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api);
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(%addr, "listening (NOT_SERVING until the model is loaded)");
+
+    // Load and warm up off the async threads. A shutdown signal during loading still stops us.
+    let mut shutdown = Box::pin(shutdown);
+    let cfg = config.clone();
+    let load = tokio::task::spawn_blocking(move || load(&cfg));
+    let loaded = tokio::select! {
+        r = load => Some(r.map_err(|e| ServeError::WarmUp(e.to_string()))??),
+        () = shutdown.as_mut() => None,
+    };
+    let Some((model, isa)) = loaded else {
+        let _ = stop_tx.send(());
+        return Ok(server
+            .await
+            .map_err(|e| ServeError::WarmUp(e.to_string()))??);
+    };
+    let model = Arc::new(model);
+    let engine = Engine::start(
+        model.clone(),
+        config.limits.max_queued,
+        config.limits.default_max_new_tokens,
+    );
+    let state = engine.state.clone();
+    gate.open(Service {
+        info: info::model_info(&model, &config.model, &isa),
+        engine,
+        model,
+        limits: config.limits.clone(),
+        draining: draining.clone(),
+        started,
+        counter: AtomicU64::new(0),
+    });
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(
+        load_ms = started.elapsed().as_secs_f64() * 1e3,
+        threads = rayon::current_num_threads(),
+        isa,
+        "serving"
+    );
+
+    shutdown.await;
+    draining.store(true, Ordering::SeqCst);
+    set_health(&health, ServingStatus::NotServing).await;
+    let busy = || state.queued.load(Ordering::SeqCst) + state.running.load(Ordering::SeqCst);
+    tracing::info!(
+        in_flight = busy(),
+        timeout_s = config.drain_timeout.as_secs_f64(),
+        "draining"
+    );
+    let drain_end = Instant::now() + config.drain_timeout;
+    while busy() > 0 && Instant::now() < drain_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if busy() > 0 {
+        tracing::warn!(in_flight = busy(), "drain timeout: cancelling what is left");
+        state.cancel_all.store(true, Ordering::SeqCst);
+        // Each running request stops within one forward step.
+        while busy() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = stop_tx.send(());
+    server
+        .await
+        .map_err(|e| ServeError::WarmUp(e.to_string()))??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Sets the status of the whole server and of the generation service.
+async fn set_health(h: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    h.set_service_status("", status).await;
+    h.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Maps, validates and warms up the model (one forward step); returns it with the ISA in use.
+fn load(cfg: &ServeConfig) -> Result<(LoadedModel, String), ServeError> {
+    let isa = crate::kernels::init()
+        .map_err(|e| ServeError::Kernels(e.to_string()))?
+        .isa
+        .to_string();
+    let mut m = LoadedModel::open(&cfg.model)?;
+    m.model.set_kv_type(cfg.kv_type);
+    let first = m.tokenizer.bos().or(m.tokenizer.eos()).unwrap_or(0);
+    generate(
+        &m.model,
+        &m.tokenizer,
+        &[first],
+        &GenerateOptions::new(1, SamplingParams::greedy()),
+        |_| std::ops::ControlFlow::Continue(()),
+    )
+    .map_err(|e| ServeError::WarmUp(e.to_string()))?;
+    Ok((m, isa))
+}

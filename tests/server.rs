@@ -1,0 +1,779 @@
+//! The gRPC server over real loopback connections with tonic clients: generation (streamed and
+//! unary, equal to each other and to `qgpt generate`), tokenize, model info, status, health,
+//! reflection, every validation case, deadlines, cancellation, overload and SIGTERM drain.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::fixture;
+use qgpt::server::pb::text_generation_client::TextGenerationClient;
+use qgpt::server::pb::{self, generate_request::Input, FinishReason};
+use qgpt::server::{serve_on, Limits, ServeConfig, ServeError, Transport};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const SMALL: &str = "models/small-q8_0.gguf";
+/// 50257-token vocabulary: log-probabilities over it make each step measurably slower.
+const BIG_VOCAB: &str = "models/gpt2vocab-q8_0.gguf";
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    async fn start(model: &str, limits: Limits) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = ServeConfig {
+            model: fixture(model),
+            addr,
+            limits,
+            transport: Transport::default(),
+            drain_timeout: Duration::from_secs(10),
+            kv_type: Default::default(),
+        };
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_on(listener, config, async {
+            let _ = rx.await;
+        }));
+        let s = Self {
+            addr,
+            stop: Some(stop),
+            task,
+        };
+        s.wait_for(ServingStatus::Serving).await;
+        s
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn client(&self) -> TextGenerationClient<Channel> {
+        TextGenerationClient::new(self.channel().await)
+    }
+
+    async fn health(&self, service: &str) -> ServingStatus {
+        let mut h = HealthClient::new(self.channel().await);
+        let r = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ServingStatus::try_from(r.status).unwrap()
+    }
+
+    async fn wait_for(&self, want: ServingStatus) {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = match Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                Ok(ch) => HealthClient::new(ch)
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == want as i32),
+                Err(_) => false,
+            };
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < end, "health never became {want:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn text_request(prompt: &str, max_new_tokens: u32) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        input: Some(Input::Prompt(prompt.into())),
+        max_new_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    }
+}
+
+/// Every message of a stream, or the status that ended it.
+async fn stream_all(
+    c: &mut TextGenerationClient<Channel>,
+    req: impl tonic::IntoRequest<pb::GenerateRequest>,
+) -> Result<Vec<pb::GenerateResponse>, tonic::Status> {
+    let mut s = c.generate_stream(req).await?.into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = s.next().await {
+        out.push(m?);
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_unary_and_cli_generation_agree() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    let req = text_request("The quick brown fox", 24);
+    let msgs = stream_all(&mut c, req.clone()).await.unwrap();
+    let last = msgs.last().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::Length as i32);
+    let usage = last.usage.unwrap();
+    assert_eq!(usage.generated_tokens, 24);
+    let streamed_ids: Vec<u32> = msgs
+        .iter()
+        .flat_map(|m| m.tokens.iter().map(|t| t.id))
+        .collect();
+    assert_eq!(
+        streamed_ids.len(),
+        24,
+        "one token per message, every token streamed"
+    );
+    assert!(msgs[..msgs.len() - 1].iter().all(|m| m.finish_reason == 0));
+    let streamed_text: String = msgs.iter().map(|m| m.text_delta.as_str()).collect();
+    let timings = last.timings.unwrap();
+    assert!(timings.total_ms >= timings.prefill_ms && timings.time_to_first_token_ms > 0.0);
+
+    let unary = c.generate(req).await.unwrap().into_inner();
+    assert_eq!(unary.text_delta, streamed_text);
+    assert_eq!(
+        unary.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+        streamed_ids
+    );
+    assert_eq!(unary.usage.unwrap().prompt_tokens, usage.prompt_tokens);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args([
+            "generate",
+            "--json",
+            "--ignore-eos",
+            "--temperature",
+            "0",
+            "-n",
+            "24",
+            "-p",
+        ])
+        .arg("The quick brown fox")
+        .arg("-m")
+        .arg(fixture(SMALL))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["text"].as_str().unwrap(), streamed_text);
+    let cli_ids: Vec<u32> = serde_json::from_value(cli["ids"].clone()).unwrap();
+    assert_eq!(cli_ids, streamed_ids);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_is_reproducible_and_options_take_effect() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    let sampled = |seed| pb::GenerateRequest {
+        sampling: Some(pb::SamplingParams {
+            temperature: Some(1.0),
+            top_k: Some(50),
+            top_p: Some(0.9),
+            min_p: Some(0.01),
+            repetition_penalty: Some(1.1),
+            seed: Some(seed),
+            ..Default::default()
+        }),
+        logprobs: 3,
+        echo: true,
+        request_id: "mine-1".into(),
+        ..text_request("Once upon a time", 16)
+    };
+    let a = c.generate(sampled(7)).await.unwrap().into_inner();
+    let b = c.generate(sampled(7)).await.unwrap().into_inner();
+    let ids = |r: &pb::GenerateResponse| r.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b), "same seed, same tokens");
+    assert_eq!(a.seed, 7);
+    assert_eq!(a.request_id, "mine-1");
+    assert!(!a.prompt_tokens.is_empty(), "echo returns the prompt");
+    for t in &a.tokens {
+        assert_eq!(t.top_logprobs.len(), 3);
+        let lp = t.logprob.unwrap();
+        assert!(lp <= 0.0 && t.top_logprobs[0].logprob >= lp - 1e-6);
+        assert!(t
+            .top_logprobs
+            .windows(2)
+            .all(|w| w[0].logprob >= w[1].logprob));
+    }
+    // Without a seed the server picks one and reports it.
+    let r = c
+        .generate(text_request("Once upon a time", 4))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.tokens.len(), 4);
+
+    // A stop string: generation stops, the string is not returned.
+    let full = c
+        .generate(text_request("Once upon a time", 40))
+        .await
+        .unwrap()
+        .into_inner();
+    let text = full.text_delta.clone();
+    let cut = text
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(text.chars().count() / 2)
+        .unwrap();
+    let stop: String = text[cut..].chars().take(2).collect();
+    let first_at = text.find(&stop).unwrap();
+    let req = pb::GenerateRequest {
+        stop: vec![stop.clone()],
+        ..text_request("Once upon a time", 40)
+    };
+    let msgs = stream_all(&mut c, req).await.unwrap();
+    let streamed: String = msgs.iter().map(|m| m.text_delta.as_str()).collect();
+    let last = msgs.last().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::StopSequence as i32);
+    assert_eq!(last.stop_reason, stop);
+    assert_eq!(
+        streamed,
+        text[..first_at],
+        "text up to the stop string {stop:?}"
+    );
+
+    // A stop token: it is returned, and generation ends there.
+    let third = full.tokens[2].id;
+    let req = pb::GenerateRequest {
+        stop_token_ids: vec![third],
+        ..text_request("Once upon a time", 40)
+    };
+    let r = c.generate(req).await.unwrap().into_inner();
+    let first = full.tokens.iter().position(|t| t.id == third).unwrap();
+    assert_eq!(r.tokens.len(), first + 1);
+    assert_eq!(r.finish_reason, FinishReason::StopSequence as i32);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenize_detokenize_info_status_health_and_reflection() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    let toks = c
+        .tokenize(pb::TokenizeRequest {
+            text: "Hello world".into(),
+            add_special_tokens: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert!(!toks.is_empty());
+    let joined: String = toks.iter().map(|t| t.text.as_str()).collect();
+    assert_eq!(joined, "Hello world");
+    let ids: Vec<u32> = toks.iter().map(|t| t.id).collect();
+    let back = c
+        .detokenize(pb::DetokenizeRequest {
+            ids: ids.clone(),
+            skip_special_tokens: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(back.text, "Hello world");
+
+    let info = c
+        .get_model_info(pb::GetModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.architecture, "gpt2");
+    assert_eq!((info.vocab_size, info.context_length), (512, 128));
+    assert_eq!(info.file_type, "Q8_0");
+    assert!(info.tensor_types.contains_key("Q8_0"));
+    assert!(!info.isa.is_empty() && info.threads > 0 && info.kv_cache_type == "f16");
+    assert!(info
+        .special_tokens
+        .iter()
+        .any(|t| t.role == "eos" && t.id == 511));
+
+    let st = c
+        .get_server_status(pb::GetServerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (st.running_requests, st.queued_requests, st.draining),
+        (0, 0, false)
+    );
+    assert_eq!(st.free_slots, st.max_running_requests);
+
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    assert_eq!(
+        server.health("qgpt.v1.TextGeneration").await,
+        ServingStatus::Serving
+    );
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut r = ServerReflectionClient::new(server.channel().await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = r
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let msg = resp.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+        panic!("not a service list: {msg:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in ["qgpt.v1.TextGeneration", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invalid_request_is_refused_with_the_field_named() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    let ok = || text_request("Hi", 4);
+    let with_sampling = |s: pb::SamplingParams| pb::GenerateRequest {
+        sampling: Some(s),
+        ..ok()
+    };
+    let ids = |ids: Vec<u32>| pb::GenerateRequest {
+        input: Some(Input::PromptTokenIds(pb::TokenIds { ids })),
+        ..ok()
+    };
+    let cases: Vec<(&str, pb::GenerateRequest)> = vec![
+        (
+            "input",
+            pb::GenerateRequest {
+                input: None,
+                ..ok()
+            },
+        ),
+        ("prompt", text_request("", 4)),
+        ("prompt_token_ids", ids(vec![])),
+        ("prompt_token_ids[1]", ids(vec![1, 512])),
+        ("prompt_token_ids", ids(vec![1; 128])),
+        (
+            "max_new_tokens",
+            pb::GenerateRequest {
+                max_new_tokens: 129,
+                ..ok()
+            },
+        ),
+        (
+            "stop",
+            pb::GenerateRequest {
+                stop: vec!["x".into(); 17],
+                ..ok()
+            },
+        ),
+        (
+            "stop[0]",
+            pb::GenerateRequest {
+                stop: vec![String::new()],
+                ..ok()
+            },
+        ),
+        (
+            "stop[1]",
+            pb::GenerateRequest {
+                stop: vec!["a".into(), "b".repeat(257)],
+                ..ok()
+            },
+        ),
+        (
+            "stop_token_ids",
+            pb::GenerateRequest {
+                stop_token_ids: vec![1; 65],
+                ..ok()
+            },
+        ),
+        (
+            "stop_token_ids[0]",
+            pb::GenerateRequest {
+                stop_token_ids: vec![9999],
+                ..ok()
+            },
+        ),
+        (
+            "logprobs",
+            pb::GenerateRequest {
+                logprobs: 21,
+                ..ok()
+            },
+        ),
+        (
+            "request_id",
+            pb::GenerateRequest {
+                request_id: "r".repeat(129),
+                ..ok()
+            },
+        ),
+        (
+            "sampling.temperature",
+            with_sampling(pb::SamplingParams {
+                temperature: Some(f32::NAN),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.temperature",
+            with_sampling(pb::SamplingParams {
+                temperature: Some(-1.0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.top_p",
+            with_sampling(pb::SamplingParams {
+                top_p: Some(0.0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.top_k",
+            with_sampling(pb::SamplingParams {
+                top_k: Some(513),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.min_p",
+            with_sampling(pb::SamplingParams {
+                min_p: Some(2.0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.typical_p",
+            with_sampling(pb::SamplingParams {
+                typical_p: Some(1.5),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.repetition_penalty",
+            with_sampling(pb::SamplingParams {
+                repetition_penalty: Some(0.0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.presence_penalty",
+            with_sampling(pb::SamplingParams {
+                presence_penalty: Some(3.0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "sampling.frequency_penalty",
+            with_sampling(pb::SamplingParams {
+                frequency_penalty: Some(f32::INFINITY),
+                ..Default::default()
+            }),
+        ),
+        // Text whose tokens fill the context: refused once tokenized, as the stream's status.
+        ("prompt", text_request(&"hello ".repeat(200), 4)),
+    ];
+    for (field, req) in cases {
+        for unary in [true, false] {
+            let status = if unary {
+                c.generate(req.clone()).await.unwrap_err()
+            } else {
+                stream_all(&mut c, req.clone()).await.unwrap_err()
+            };
+            assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+            assert!(
+                status.message().starts_with(field),
+                "{field}: {}",
+                status.message()
+            );
+        }
+    }
+    let status = c
+        .detokenize(pb::DetokenizeRequest {
+            ids: vec![0, 600],
+            skip_special_tokens: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("ids[1]"),
+        "{}",
+        status.message()
+    );
+    // The server is still healthy and serving.
+    assert_eq!(c.generate(ok()).await.unwrap().into_inner().tokens.len(), 4);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_end_streams_and_fail_unary_calls() {
+    let server = Server::start(BIG_VOCAB, Limits::default()).await;
+    let mut c = server.client().await;
+    // About 90 ms of work on this machine (120 steps, each with a pass over 50257 log-probs):
+    // the 40 ms deadline passes in the middle of decoding.
+    let slow = || pb::GenerateRequest {
+        logprobs: 20,
+        ..text_request("Hello", 120)
+    };
+    let mut req = Request::new(slow());
+    req.set_timeout(Duration::from_millis(40));
+    let msgs = stream_all(&mut c, req).await.unwrap();
+    let last = msgs.last().unwrap();
+    assert_eq!(last.finish_reason, FinishReason::Deadline as i32);
+    let n = last.usage.unwrap().generated_tokens;
+    assert!(n < 120, "{n} tokens");
+    let streamed: usize = msgs.iter().map(|m| m.tokens.len()).sum();
+    assert_eq!(
+        streamed, n as usize,
+        "the tokens made before the deadline are kept"
+    );
+
+    let mut req = Request::new(slow());
+    req.set_timeout(Duration::from_millis(40));
+    let status = c.generate(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+
+    // A generous deadline changes nothing.
+    let mut req = Request::new(text_request("Hello", 8));
+    req.set_timeout(Duration::from_secs(60));
+    assert_eq!(c.generate(req).await.unwrap().into_inner().tokens.len(), 8);
+    server.shutdown().await;
+}
+
+/// A deadline that passes in the middle of decoding stops generation at the next step, with
+/// the tokens made so far (the library path the engine runs; each token takes 2 ms here).
+#[test]
+fn a_deadline_mid_generation_keeps_the_tokens_so_far() {
+    use qgpt::generate::{generate, FinishReason, GenerateOptions};
+    use qgpt::sampling::SamplingParams;
+    let m = qgpt::model::LoadedModel::open(&fixture(SMALL)).unwrap();
+    let opts = GenerateOptions {
+        ignore_eos: true,
+        deadline: Some(Instant::now() + Duration::from_millis(30)),
+        ..GenerateOptions::new(100, SamplingParams::greedy())
+    };
+    let g = generate(&m.model, &m.tokenizer, &[1, 2, 3], &opts, |_| {
+        std::thread::sleep(Duration::from_millis(2));
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(g.finish_reason, FinishReason::Deadline);
+    assert!(
+        !g.ids.is_empty() && g.ids.len() < 100,
+        "{} tokens",
+        g.ids.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
+    let limits = Limits {
+        max_queued: 1,
+        ..Limits::default()
+    };
+    let server = Server::start(BIG_VOCAB, limits).await;
+    let mut c = server.client().await;
+    // Log-probabilities over 50257 tokens make every step cost a full-vocabulary pass.
+    let slow = || pb::GenerateRequest {
+        logprobs: 20,
+        ..text_request("Hello", 120)
+    };
+    // Cancel: read one message, drop the stream; the engine must come back idle.
+    let mut s = c.generate_stream(slow()).await.unwrap().into_inner();
+    s.next().await.unwrap().unwrap();
+    drop(s);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c
+            .get_server_status(pb::GetServerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if st.running_requests == 0 && st.queued_requests == 0 {
+            break;
+        }
+        assert!(Instant::now() < end, "the engine never became idle: {st:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Overload: one running, one queued, the rest refused at once.
+    let mut calls = Vec::new();
+    for _ in 0..12 {
+        let mut c = c.clone();
+        let req = slow();
+        calls.push(tokio::spawn(async move { c.generate(req).await }));
+    }
+    let mut refused = 0;
+    let mut done = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r.into_inner().tokens.len(), 120);
+                done += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    status.message().contains("queue is full"),
+                    "{}",
+                    status.message()
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0 && done >= 1, "refused {refused}, done {done}");
+    // And the server still serves.
+    assert_eq!(
+        c.generate(text_request("Hi", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .len(),
+        3
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_running_streams_and_refuses_new_requests() {
+    let server = Server::start(BIG_VOCAB, Limits::default()).await;
+    let mut c = server.client().await;
+    let req = pb::GenerateRequest {
+        logprobs: 20,
+        ..text_request("Hello", 120)
+    };
+    let mut s = c.generate_stream(req).await.unwrap().into_inner();
+    s.next().await.unwrap().unwrap();
+    let Server { addr, stop, task } = server;
+    stop.unwrap().send(()).unwrap();
+    // The stream runs to its end.
+    let mut n = 1;
+    let mut last = None;
+    while let Some(m) = s.next().await {
+        let m = m.unwrap();
+        n += m.tokens.len();
+        last = Some(m);
+    }
+    assert_eq!(n, 120);
+    assert_eq!(last.unwrap().finish_reason, FinishReason::Length as i32);
+    task.await.unwrap().unwrap();
+    // Closed: connecting fails.
+    let after = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(after.is_err());
+}
+
+/// The binary: SIGTERM turns health NOT_SERVING, lets the running stream finish, refuses new
+/// requests with UNAVAILABLE, and exits 0.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "-m",
+        ])
+        .arg(fixture(BIG_VOCAB))
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Server {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    server.wait_for(ServingStatus::Serving).await;
+    let mut c = server.client().await;
+    // Eight requests of about 90 ms each keep the server draining for most of a second.
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let req = pb::GenerateRequest {
+            logprobs: 20,
+            ..text_request("Hello", 120)
+        };
+        streams.push(c.generate_stream(req).await.unwrap().into_inner());
+    }
+    streams[0].next().await.unwrap().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let status = c.generate(text_request("Hi", 2)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("shutting down"), "{status:?}");
+    for (i, mut s) in streams.into_iter().enumerate() {
+        let mut n = usize::from(i == 0);
+        let mut last = None;
+        while let Some(m) = s.next().await {
+            let m = m.unwrap();
+            n += m.tokens.len();
+            last = Some(m.finish_reason);
+        }
+        assert_eq!(n, 120, "stream {i} finished");
+        assert_eq!(last, Some(FinishReason::Length as i32));
+    }
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
+}

@@ -415,14 +415,21 @@ mod tests {
         );
         s.observe(&[0]);
         assert_eq!(s.sample(&mut logits.clone()), 1, "two: 1.88 < 1.9");
-        // Presence: once, whatever the count.
+        // Presence: once, whatever the count (three occurrences still cost 0.05: 1.95 > 1.9).
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 0.05,
+            ..SamplingParams::greedy()
+        })
+        .unwrap();
+        s.observe(&[0, 0, 0]);
+        assert_eq!(s.sample(&mut logits.clone()), 0);
         let mut s = Sampler::new(SamplingParams {
             presence_penalty: 0.2,
             ..SamplingParams::greedy()
         })
         .unwrap();
-        s.observe(&[0, 0, 0, 1]);
-        assert_eq!(s.sample(&mut logits.clone()), 1, "1.8 vs 1.7");
+        s.observe(&[0]);
+        assert_eq!(s.sample(&mut logits.clone()), 1, "1.8 < 1.9");
     }
 
     #[test]

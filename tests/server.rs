@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::fixture;
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input, FinishReason};
-use qgpt::server::{serve_on, Limits, ServeConfig, ServeError, Transport};
+use qgpt::server::{serve_on, Limits, ServeConfig, ServeError, TlsFiles, Transport};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -32,6 +32,19 @@ struct Server {
 
 impl Server {
     async fn start(model: &str, limits: Limits) -> Self {
+        Self::start_with(model, limits, None).await
+    }
+
+    async fn start_with(model: &str, limits: Limits, auth_token: Option<&str>) -> Self {
+        Self::start_full(model, limits, auth_token, None).await
+    }
+
+    async fn start_full(
+        model: &str,
+        limits: Limits,
+        auth_token: Option<&str>,
+        tls: Option<TlsFiles>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = ServeConfig {
@@ -41,6 +54,8 @@ impl Server {
             transport: Transport::default(),
             drain_timeout: Duration::from_secs(10),
             kv_type: Default::default(),
+            auth_token: auth_token.map(str::to_owned),
+            tls: tls.clone(),
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_on(listener, config, async {
@@ -51,7 +66,9 @@ impl Server {
             stop: Some(stop),
             task,
         };
-        s.wait_for(ServingStatus::Serving).await;
+        if tls.is_none() {
+            s.wait_for(ServingStatus::Serving).await;
+        }
         s
     }
 
@@ -776,4 +793,113 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(code.success(), "exit status {code:?}");
     let log: Vec<String> = rx.try_iter().collect();
     assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_guards_generation_but_not_health() {
+    let server = Server::start_with(SMALL, Limits::default(), Some("t0ken")).await;
+    let mut c = server.client().await;
+    let info = |token: Option<&str>| {
+        let mut r = Request::new(pb::GetModelInfoRequest {});
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    };
+    for bad in [None, Some("wrong")] {
+        let status = c.get_model_info(info(bad)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{bad:?}");
+    }
+    let mut req = Request::new(text_request("Hi", 2));
+    req.metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        c.generate(req).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert!(c.get_model_info(info(Some("t0ken"))).await.is_ok());
+    let mut req = Request::new(text_request("Hi", 2));
+    req.metadata_mut()
+        .insert("authorization", "Bearer t0ken".parse().unwrap());
+    assert_eq!(c.generate(req).await.unwrap().into_inner().tokens.len(), 2);
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    server.shutdown().await;
+}
+
+/// A TLS channel to `addr` trusting the test CA, with the test client certificate when `mtls`.
+async fn tls_channel(addr: SocketAddr, mtls: bool) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let pem = |f: &str| std::fs::read(fixture(&format!("tls/{f}"))).unwrap();
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(pem("ca.pem")))
+        .domain_name("localhost");
+    if mtls {
+        tls = tls.identity(Identity::from_pem(pem("client.pem"), pem("client.key")));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_mutual_tls() {
+    let files = |client_ca: bool| TlsFiles {
+        cert: fixture("tls/server.pem"),
+        key: fixture("tls/server.key"),
+        client_ca: client_ca.then(|| fixture("tls/ca.pem")),
+    };
+    let generate = |ch: Channel| async move {
+        TextGenerationClient::new(ch)
+            .generate(text_request("Hi", 2))
+            .await
+    };
+    let wait_serving = |addr: SocketAddr, mtls: bool| async move {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(ch) = tls_channel(addr, mtls).await {
+                let r = HealthClient::new(ch)
+                    .check(HealthCheckRequest::default())
+                    .await;
+                if r.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < end, "TLS server never became SERVING");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+
+    let server = Server::start_full(SMALL, Limits::default(), None, Some(files(false))).await;
+    wait_serving(server.addr, false).await;
+    let ch = tls_channel(server.addr, false).await.unwrap();
+    assert_eq!(generate(ch).await.unwrap().into_inner().tokens.len(), 2);
+    // Plaintext is not spoken.
+    let plain = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(
+            generate(ch).await.is_err(),
+            "plaintext call succeeded on a TLS port"
+        );
+    }
+    server.shutdown().await;
+
+    let server = Server::start_full(SMALL, Limits::default(), None, Some(files(true))).await;
+    wait_serving(server.addr, true).await;
+    let ch = tls_channel(server.addr, true).await.unwrap();
+    assert_eq!(generate(ch).await.unwrap().into_inner().tokens.len(), 2);
+    // Without a client certificate the handshake or the call fails.
+    match tls_channel(server.addr, false).await {
+        Err(_) => {}
+        Ok(ch) => assert!(
+            generate(ch).await.is_err(),
+            "a client without a certificate got in"
+        ),
+    }
+    server.shutdown().await;
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{init_threads, CliError, KvTypeArg};
-use qgpt::server::{serve_on, Limits, ServeConfig, Transport};
+use qgpt::server::{serve_on, Limits, ServeConfig, TlsFiles, Transport};
 
 /// Arguments of `qgpt serve`.
 #[derive(clap::Args)]
@@ -67,6 +67,39 @@ pub struct Args {
     /// they end with CANCELLED.
     #[arg(long, env = "QGPT_DRAIN_TIMEOUT_S", default_value_t = 30)]
     drain_timeout_s: u64,
+    /// File holding a bearer token that generation calls must send (`authorization: Bearer
+    /// <token>`); the environment variable QGPT_AUTH_TOKEN may hold the token itself instead.
+    /// Health and reflection stay open.
+    #[arg(long, env = "QGPT_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS only (with --tls-key).
+    #[arg(long, env = "QGPT_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "QGPT_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA certificate: require client certificates that chain to it (mutual TLS).
+    #[arg(long, env = "QGPT_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+/// The bearer token from `--auth-token-file` or `QGPT_AUTH_TOKEN` (never a command-line value,
+/// which `ps` would show).
+fn auth_token(file: Option<&PathBuf>) -> Result<Option<String>, CliError> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?,
+        ),
+        None => std::env::var("QGPT_AUTH_TOKEN").ok(),
+    };
+    match token.map(|t| t.trim().to_owned()) {
+        Some(t) if t.is_empty() => Err("the bearer token is empty".into()),
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err("the bearer token must be printable ASCII without spaces".into())
+        }
+        other => Ok(other),
+    }
 }
 
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
@@ -94,6 +127,15 @@ pub fn run(args: Args) -> Result<(), CliError> {
         },
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         kv_type: args.kv_type.into(),
+        auth_token: auth_token(args.auth_token_file.as_ref())?,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
     };
     tracing::info!(
         threads,

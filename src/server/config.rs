@@ -21,6 +21,22 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     /// Element type of the KV cache.
     pub kv_type: KvType,
+    /// When set, generation calls must carry `authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// When set, the listener speaks TLS only.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of the server's TLS identity, and of the CA that client certificates must chain to
+/// (mutual TLS) when given.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA for client certificates: when set, clients without a valid certificate are refused.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Bounds on requests; a request over one fails with INVALID_ARGUMENT naming it.

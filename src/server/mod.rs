@@ -7,6 +7,7 @@
 //! requests get UNAVAILABLE; running and queued requests finish within the drain timeout (past
 //! it they end with CANCELLED); then the server closes and `serve_on` returns.
 
+mod auth;
 mod config;
 mod engine;
 mod gate;
@@ -25,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-pub use config::{Limits, ServeConfig, Transport};
+pub use config::{Limits, ServeConfig, TlsFiles, Transport};
 
 use crate::generate::{generate, GenerateOptions};
 use crate::model::LoadedModel;
@@ -53,6 +54,22 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The listener's TLS settings from `files`.
+fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, ServeError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServeError::Tls(format!("reading {}: {e}", p.display())))
+    };
+    let mut tls =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(tls)
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains and returns.
@@ -82,11 +99,18 @@ pub async fn serve_on(
     let api = pb::text_generation_server::TextGenerationServer::new(gate.clone())
         .max_decoding_message_size(t.max_message_bytes)
         .max_encoding_message_size(t.max_message_bytes);
+    let api = tonic::service::interceptor::InterceptedService::new(
+        api,
+        auth::BearerAuth::new(config.auth_token.as_deref()),
+    );
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(t.keepalive_interval)
         .http2_keepalive_timeout(Some(t.keepalive_timeout));
     if let Some(age) = t.max_connection_age {
         builder = builder.max_connection_age(age);
+    }
+    if let Some(files) = &config.tls {
+        builder = builder.tls_config(tls_config(files)?)?;
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = builder

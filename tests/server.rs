@@ -690,24 +690,36 @@ async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
 async fn shutdown_drains_running_streams_and_refuses_new_requests() {
     let server = Server::start(BIG_VOCAB, Limits::default()).await;
     let mut c = server.client().await;
-    let req = pb::GenerateRequest {
-        logprobs: 20,
-        ..text_request("Hello", 120)
-    };
-    let mut s = c.generate_stream(req).await.unwrap().into_inner();
-    s.next().await.unwrap().unwrap();
+    // Six requests of about 90 ms each keep the server draining for a while.
+    let mut streams = Vec::new();
+    for _ in 0..6 {
+        let req = pb::GenerateRequest {
+            logprobs: 20,
+            ..text_request("Hello", 120)
+        };
+        streams.push(c.generate_stream(req).await.unwrap().into_inner());
+    }
+    streams[0].next().await.unwrap().unwrap();
+    let mut health = HealthClient::new(server.channel().await);
     let Server { addr, stop, task } = server;
     stop.unwrap().send(()).unwrap();
-    // The stream runs to its end.
-    let mut n = 1;
-    let mut last = None;
-    while let Some(m) = s.next().await {
-        let m = m.unwrap();
-        n += m.tokens.len();
-        last = Some(m);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let h = health.check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(h.into_inner().status, ServingStatus::NotServing as i32);
+    let status = c.generate(text_request("Hi", 2)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Every running and queued stream runs to its end.
+    for (i, mut s) in streams.into_iter().enumerate() {
+        let mut n = usize::from(i == 0);
+        let mut last = None;
+        while let Some(m) = s.next().await {
+            let m = m.unwrap();
+            n += m.tokens.len();
+            last = Some(m.finish_reason);
+        }
+        assert_eq!(n, 120, "stream {i}");
+        assert_eq!(last, Some(FinishReason::Length as i32));
     }
-    assert_eq!(n, 120);
-    assert_eq!(last.unwrap().finish_reason, FinishReason::Length as i32);
     task.await.unwrap().unwrap();
     // Closed: connecting fails.
     let after = Channel::from_shared(format!("http://{addr}"))
@@ -715,6 +727,58 @@ async fn shutdown_drains_running_streams_and_refuses_new_requests() {
         .connect()
         .await;
     assert!(after.is_err());
+}
+
+/// Until the model is loaded, health says NOT_SERVING and generation calls get UNAVAILABLE. The
+/// model path is a FIFO, so loading blocks until the test opens its other end (and then fails:
+/// a FIFO cannot be mapped, and the server reports that and stops).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_not_serving_while_the_model_loads() {
+    let dir = std::env::temp_dir().join(format!("qgpt-fifo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("model.gguf");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ServeConfig {
+        model: fifo.clone(),
+        addr,
+        limits: Limits::default(),
+        transport: Transport::default(),
+        drain_timeout: Duration::from_secs(1),
+        kv_type: Default::default(),
+        auth_token: None,
+        tls: None,
+    };
+    let task = tokio::spawn(serve_on(listener, config, std::future::pending()));
+    let server = Server {
+        addr,
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    server.wait_for(ServingStatus::NotServing).await;
+    let status = server
+        .client()
+        .await
+        .generate(text_request("Hi", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("loading"), "{status:?}");
+    // Unblock the load: write nothing and close.
+    let f = fifo.clone();
+    tokio::task::spawn_blocking(move || drop(std::fs::OpenOptions::new().write(true).open(f)))
+        .await
+        .unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("loading the model"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The binary: SIGTERM turns health NOT_SERVING, lets the running stream finish, refuses new

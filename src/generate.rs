@@ -34,6 +34,19 @@ pub struct GenerateOptions {
     /// Stop (finish reason `Deadline`) once this instant has passed; checked before every
     /// forward call.
     pub deadline: Option<Instant>,
+    /// Stop (finish reason `Cancelled`) once this returns true; checked before every forward
+    /// call, so a caller that has gone away stops prefill between chunks too.
+    pub cancel: Option<CancelCheck>,
+}
+
+/// A cancellation test for [`GenerateOptions::cancel`].
+#[derive(Clone)]
+pub struct CancelCheck(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for CancelCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CancelCheck")
+    }
 }
 
 impl GenerateOptions {
@@ -47,6 +60,7 @@ impl GenerateOptions {
             stop_token_ids: Vec::new(),
             logprobs: 0,
             deadline: None,
+            cancel: None,
         }
     }
 }
@@ -185,6 +199,7 @@ pub fn generate(
     let mut sampler = Sampler::new(opts.sampling.clone())?;
     sampler.observe(prompt_ids);
     let past_deadline = || opts.deadline.is_some_and(|d| Instant::now() >= d);
+    let cancelled = || opts.cancel.as_ref().is_some_and(|c| (c.0)());
     let mut g = Generation {
         prompt_ids: prompt_ids.to_vec(),
         ids: Vec::with_capacity(opts.max_new_tokens.min(n_ctx)),
@@ -196,8 +211,12 @@ pub fn generate(
         decode_time: Duration::ZERO,
         decode_steps: 0,
     };
-    if past_deadline() {
-        g.finish_reason = FinishReason::Deadline;
+    if past_deadline() || cancelled() {
+        g.finish_reason = if cancelled() {
+            FinishReason::Cancelled
+        } else {
+            FinishReason::Deadline
+        };
         return Ok(g);
     }
     // The KV cache and buffers are sized by this request, never by the file's claims alone.
@@ -208,8 +227,12 @@ pub fn generate(
     // Prefill in chunks, so that a deadline is seen between them.
     let start = Instant::now();
     for chunk in prompt_ids.chunks(PREFILL_CHUNK) {
-        if past_deadline() {
-            g.finish_reason = FinishReason::Deadline;
+        if past_deadline() || cancelled() {
+            g.finish_reason = if cancelled() {
+                FinishReason::Cancelled
+            } else {
+                FinishReason::Deadline
+            };
             g.prefill_time = start.elapsed();
             return Ok(g);
         }
@@ -264,6 +287,9 @@ pub fn generate(
         }
         if past_deadline() {
             break FinishReason::Deadline;
+        }
+        if cancelled() {
+            break FinishReason::Cancelled;
         }
         let t = Instant::now();
         model.forward(&mut cache, &[id], &mut scratch, Logits::Last, &mut logits)?;

@@ -615,6 +615,38 @@ fn a_deadline_mid_generation_keeps_the_tokens_so_far() {
     );
 }
 
+/// The cancellation check stops generation before the next forward call: at once when it is
+/// already set, after the tokens made so far when it becomes set mid-way.
+#[test]
+fn a_cancel_check_stops_before_the_next_forward_call() {
+    use qgpt::generate::{generate, CancelCheck, FinishReason, GenerateOptions};
+    use qgpt::sampling::SamplingParams;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let m = qgpt::model::LoadedModel::open(&fixture(SMALL)).unwrap();
+    let run = |after: usize| {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let opts = GenerateOptions {
+            ignore_eos: true,
+            cancel: Some(CancelCheck(Arc::new(move || {
+                c.fetch_add(1, Ordering::SeqCst) >= after
+            }))),
+            ..GenerateOptions::new(50, SamplingParams::greedy())
+        };
+        generate(&m.model, &m.tokenizer, &[1, 2, 3], &opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap()
+    };
+    let g = run(0);
+    assert_eq!((g.finish_reason, g.ids.len()), (FinishReason::Cancelled, 0));
+    // Checks: before the prompt, before its one chunk, then before each decode step.
+    let g = run(7);
+    assert_eq!(g.finish_reason, FinishReason::Cancelled);
+    assert_eq!(g.ids.len(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
     let limits = Limits {

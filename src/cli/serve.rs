@@ -50,6 +50,9 @@ pub struct Args {
     /// Most bytes of a caller's request_id.
     #[arg(long, env = "QGPT_MAX_REQUEST_ID_BYTES", default_value_t = 128)]
     max_request_id_bytes: usize,
+    /// Most token ids per Detokenize request.
+    #[arg(long, env = "QGPT_MAX_DETOKENIZE_IDS", default_value_t = 1 << 20)]
+    max_detokenize_ids: usize,
     /// Largest gRPC message received or sent, in bytes.
     #[arg(long, env = "QGPT_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
     max_message_bytes: usize,
@@ -117,7 +120,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             max_stop_token_ids: args.max_stop_token_ids,
             max_logprobs: args.max_logprobs,
             max_request_id_bytes: args.max_request_id_bytes,
-            ..Limits::default()
+            max_detokenize_ids: args.max_detokenize_ids,
         },
         transport: Transport {
             max_message_bytes: args.max_message_bytes,

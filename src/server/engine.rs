@@ -16,7 +16,7 @@ use tonic::Status;
 
 use super::pb;
 use super::request::{token_text, Prompt};
-use crate::generate::{generate, FinishReason, GenerateError, GenerateOptions};
+use crate::generate::{generate, CancelCheck, FinishReason, GenerateError, GenerateOptions};
 use crate::model::LoadedModel;
 
 /// What a request's stream receives: responses, or one error that ends it.
@@ -72,7 +72,7 @@ impl Engine {
         let st = state.clone();
         std::thread::Builder::new()
             .name("qgpt-engine".into())
-            .spawn(move || run(&model, rx, &st, default_max_new_tokens))
+            .spawn(move || run(&model, rx, st, default_max_new_tokens))
             .expect("spawning the engine thread");
         Self {
             queue,
@@ -104,7 +104,7 @@ impl Engine {
 }
 
 /// The engine loop: FIFO, one request at a time.
-fn run(m: &LoadedModel, rx: Receiver<Job>, state: &EngineState, default_max_new: u32) {
+fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, default_max_new: u32) {
     for job in rx {
         state.queued.fetch_sub(1, Ordering::SeqCst);
         if job.tx.is_closed() {
@@ -114,7 +114,7 @@ fn run(m: &LoadedModel, rx: Receiver<Job>, state: &EngineState, default_max_new:
         let tx = job.tx.clone();
         // A panic fails this request with INTERNAL; the engine goes on with the next.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_job(m, job, state, default_max_new)
+            run_job(m, job, &state, default_max_new)
         }));
         state.kv_tokens_used.store(0, Ordering::SeqCst);
         state.running.fetch_sub(1, Ordering::SeqCst);
@@ -133,7 +133,7 @@ fn run(m: &LoadedModel, rx: Receiver<Job>, state: &EngineState, default_max_new:
 fn run_job(
     m: &LoadedModel,
     mut job: Job,
-    state: &EngineState,
+    state: &Arc<EngineState>,
     default_max_new: u32,
 ) -> Result<(), Status> {
     let started = Instant::now();
@@ -171,6 +171,12 @@ fn run_job(
         job.max_new_tokens
     };
     job.opts.max_new_tokens = asked.min(room) as usize;
+    // A client that has gone (or a drain past its timeout) stops generation before the next
+    // forward call, prefill chunks included.
+    let (gone, st) = (job.tx.clone(), state.clone());
+    job.opts.cancel = Some(CancelCheck(Arc::new(move || {
+        gone.is_closed() || st.cancel_all.load(Ordering::SeqCst)
+    })));
     state.kv_tokens_used.store(
         (prompt_ids.len() + job.opts.max_new_tokens) as u64,
         Ordering::SeqCst,

@@ -131,6 +131,7 @@ pub(super) fn validate(
             stop_token_ids: req.stop_token_ids,
             logprobs: req.logprobs as usize,
             deadline,
+            cancel: None,
         },
         echo: req.echo,
     })

@@ -6,10 +6,9 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::model::{ForwardError, Gpt2, Logits, Scratch};
-use crate::ops::log_softmax;
-use crate::sampling::{Sampler, SamplingError, SamplingParams};
-use crate::stop::StopMatcher;
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::sampling::{SamplingError, SamplingParams};
+use crate::session::Session;
+use crate::tokenizer::Tokenizer;
 
 /// Most prompt tokens processed per forward call during prefill: llama.cpp's default
 /// micro-batch. The batched GEMM reaches full speed from 32 rows; a 512-token step's buffers are
@@ -180,29 +179,10 @@ pub fn generate(
     mut on_token: impl FnMut(TokenEvent<'_>) -> ControlFlow<()>,
 ) -> Result<Generation, GenerateError> {
     let cfg = model.config();
-    let n_ctx = cfg.n_ctx;
-    if prompt_ids.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    if prompt_ids.len() > n_ctx {
-        return Err(GenerateError::PromptTooLong {
-            len: prompt_ids.len(),
-            n_ctx,
-        });
-    }
-    if let Some(&id) = prompt_ids.iter().find(|&&id| id as usize >= cfg.n_vocab) {
-        return Err(GenerateError::TokenOutOfRange {
-            id,
-            n_vocab: cfg.n_vocab,
-        });
-    }
-    let mut sampler = Sampler::new(opts.sampling.clone())?;
-    sampler.observe(prompt_ids);
-    let past_deadline = || opts.deadline.is_some_and(|d| Instant::now() >= d);
-    let cancelled = || opts.cancel.as_ref().is_some_and(|c| (c.0)());
+    let mut s = Session::new(prompt_ids, opts.clone(), tokenizer, cfg.n_vocab, cfg.n_ctx)?;
     let mut g = Generation {
         prompt_ids: prompt_ids.to_vec(),
-        ids: Vec::with_capacity(opts.max_new_tokens.min(n_ctx)),
+        ids: Vec::new(),
         text: String::new(),
         final_text: String::new(),
         finish_reason: FinishReason::Length,
@@ -211,127 +191,59 @@ pub fn generate(
         decode_time: Duration::ZERO,
         decode_steps: 0,
     };
-    if past_deadline() || cancelled() {
-        g.finish_reason = if cancelled() {
-            FinishReason::Cancelled
-        } else {
-            FinishReason::Deadline
-        };
-        return Ok(g);
-    }
-    // The KV cache and buffers are sized by this request, never by the file's claims alone.
-    let mut cache = model.new_cache((prompt_ids.len() + opts.max_new_tokens).min(n_ctx));
-    let mut scratch = Scratch::new(cfg, PREFILL_CHUNK.min(prompt_ids.len()));
-    let mut logits = vec![0f32; cfg.n_vocab];
-
-    // Prefill in chunks, so that a deadline is seen between them.
-    let start = Instant::now();
-    for chunk in prompt_ids.chunks(PREFILL_CHUNK) {
-        if past_deadline() || cancelled() {
-            g.finish_reason = if cancelled() {
-                FinishReason::Cancelled
-            } else {
-                FinishReason::Deadline
-            };
-            g.prefill_time = start.elapsed();
-            return Ok(g);
+    let reason = 'run: {
+        if let Some(r) = s.interrupted() {
+            break 'run r;
         }
-        model.forward(&mut cache, chunk, &mut scratch, Logits::Last, &mut logits)?;
-    }
-    g.prefill_time = start.elapsed();
-
-    let mut decoder = StreamDecoder::default();
-    let mut stops = StopMatcher::new(&opts.stop);
-    let mut logprobs = vec![0f32; if opts.logprobs > 0 { cfg.n_vocab } else { 0 }];
-    let mut top = Vec::with_capacity(opts.logprobs);
-    let mut stopped = false;
-    g.finish_reason = loop {
-        if g.ids.len() == opts.max_new_tokens {
-            break FinishReason::Length;
-        }
-        if opts.logprobs > 0 {
-            log_softmax(&logits, &mut logprobs);
-            top_n(&logprobs, opts.logprobs, &mut top);
-        }
-        let id = sampler.sample(&mut logits);
-        if !opts.ignore_eos && Some(id) == tokenizer.eos() {
-            break FinishReason::Eos;
-        }
-        g.ids.push(id);
-        sampler.observe(&[id]);
-        let released = stops.push(&decoder.push(tokenizer, id));
-        g.text.push_str(&released.text);
-        let event = TokenEvent {
-            id,
-            logprob: logprobs.get(id as usize).copied(),
-            top: &top,
-            text: &released.text,
-        };
-        if on_token(event).is_break() {
-            break FinishReason::Cancelled;
-        }
-        if let Some(i) = released.stopped {
-            g.stop_reason = Some(opts.stop_strings_non_empty()[i].clone());
-            stopped = true;
-            break FinishReason::StopSequence;
-        }
-        if opts.stop_token_ids.contains(&id) {
-            g.stop_reason = Some(format!("token {id}"));
-            break FinishReason::StopSequence;
-        }
-        if g.ids.len() == opts.max_new_tokens {
-            break FinishReason::Length;
-        }
-        if cache.len() == n_ctx {
-            break FinishReason::ContextFull;
-        }
-        if past_deadline() {
-            break FinishReason::Deadline;
-        }
-        if cancelled() {
-            break FinishReason::Cancelled;
-        }
-        let t = Instant::now();
-        model.forward(&mut cache, &[id], &mut scratch, Logits::Last, &mut logits)?;
-        g.decode_time += t.elapsed();
-        g.decode_steps += 1;
-    };
-    if !stopped {
-        // Incomplete characters and held-back text: a stop string may still complete in them.
-        let released = stops.push(&decoder.finish());
-        let mut tail = released.text;
-        match released.stopped {
-            Some(i) => {
-                g.stop_reason = Some(opts.stop_strings_non_empty()[i].clone());
-                g.finish_reason = FinishReason::StopSequence;
+        // The KV cache and buffers are sized by this request, never by the file's claims alone.
+        let mut cache = model.new_cache((prompt_ids.len() + opts.max_new_tokens).min(cfg.n_ctx));
+        let mut scratch = Scratch::new(cfg, PREFILL_CHUNK.min(prompt_ids.len()));
+        let mut logits = vec![0f32; cfg.n_vocab];
+        // Prefill in chunks, so that a deadline or a cancellation is seen between them.
+        let start = Instant::now();
+        let chunks = prompt_ids.chunks(PREFILL_CHUNK);
+        let n_chunks = chunks.len();
+        for (i, chunk) in chunks.enumerate() {
+            if let Some(r) = s.interrupted() {
+                g.prefill_time = start.elapsed();
+                break 'run r;
             }
-            None => tail.push_str(&stops.finish()),
+            let which = if i + 1 == n_chunks {
+                Logits::Last
+            } else {
+                Logits::None
+            };
+            let out = if i + 1 == n_chunks {
+                &mut logits[..]
+            } else {
+                &mut []
+            };
+            model.forward(&mut cache, chunk, &mut scratch, which, out)?;
         }
-        g.text.push_str(&tail);
-        g.final_text = tail;
-    }
+        g.prefill_time = start.elapsed();
+        loop {
+            let (event, finished) = s.step(tokenizer, &mut logits, cache.len());
+            let id = event.as_ref().map(|e| e.id);
+            if let Some(e) = event {
+                if on_token(e).is_break() {
+                    break 'run FinishReason::Cancelled;
+                }
+            }
+            if let Some(r) = finished.or_else(|| s.interrupted()) {
+                break 'run r;
+            }
+            let id = id.expect("a step that does not finish yields a token");
+            let t = Instant::now();
+            model.forward(&mut cache, &[id], &mut scratch, Logits::Last, &mut logits)?;
+            g.decode_time += t.elapsed();
+            g.decode_steps += 1;
+        }
+    };
+    let (reason, tail) = s.finish(reason);
+    g.finish_reason = reason;
+    g.final_text = tail;
+    g.ids = std::mem::take(&mut s.ids);
+    g.text = std::mem::take(&mut s.text);
+    g.stop_reason = s.stop_reason.take();
     Ok(g)
-}
-
-impl GenerateOptions {
-    /// The stop strings as [`StopMatcher`] indexes them (empty ones left out).
-    fn stop_strings_non_empty(&self) -> Vec<String> {
-        self.stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .cloned()
-            .collect()
-    }
-}
-
-/// The `n` largest of `logprobs` as (id, value), best first (ties by lower id).
-fn top_n(logprobs: &[f32], n: usize, out: &mut Vec<(u32, f32)>) {
-    out.clear();
-    out.extend(logprobs.iter().enumerate().map(|(i, &v)| (i as u32, v)));
-    let by_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if n < out.len() {
-        out.select_nth_unstable_by(n, by_desc);
-        out.truncate(n);
-    }
-    out.sort_unstable_by(by_desc);
 }

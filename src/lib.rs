@@ -1,6 +1,7 @@
 //! qgpt: GPT-family text generation from GGUF files.
 
 pub mod bench;
+pub mod engine;
 pub mod generate;
 pub mod gguf;
 pub mod kernels;
@@ -11,5 +12,6 @@ pub mod perplexity;
 pub mod quant;
 pub mod sampling;
 pub mod server;
+pub mod session;
 pub mod stop;
 pub mod tokenizer;

@@ -43,6 +43,12 @@ fn cases() -> Vec<Case> {
             new: ids(200, 6),
             which: Logits::All,
         },
+        // A prompt chunk that is not the last: no logits, only its keys and values.
+        Case {
+            history: Vec::new(),
+            new: ids(300, 9),
+            which: Logits::None,
+        },
     ]
 }
 
@@ -50,6 +56,7 @@ fn logits_len(c: &Case, v: usize) -> usize {
     match c.which {
         Logits::Last => v,
         Logits::All => c.new.len() * v,
+        Logits::None => 0,
     }
 }
 

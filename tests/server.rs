@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::fixture;
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input, FinishReason};
-use qgpt::server::{serve_on, Limits, ServeConfig, ServeError, TlsFiles, Transport};
+use qgpt::server::{serve_on, Batching, Limits, ServeConfig, ServeError, TlsFiles, Transport};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -36,7 +36,7 @@ impl Server {
     }
 
     async fn start_with(model: &str, limits: Limits, auth_token: Option<&str>) -> Self {
-        Self::start_full(model, limits, auth_token, None).await
+        Self::start_full(model, limits, auth_token, None, Batching::default()).await
     }
 
     async fn start_full(
@@ -44,6 +44,7 @@ impl Server {
         limits: Limits,
         auth_token: Option<&str>,
         tls: Option<TlsFiles>,
+        batching: Batching,
     ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -56,6 +57,7 @@ impl Server {
             kv_type: Default::default(),
             auth_token: auth_token.map(str::to_owned),
             tls: tls.clone(),
+            batching,
         };
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve_on(listener, config, async {
@@ -559,14 +561,27 @@ async fn every_invalid_request_is_refused_with_the_field_named() {
 async fn deadlines_end_streams_and_fail_unary_calls() {
     let server = Server::start(BIG_VOCAB, Limits::default()).await;
     let mut c = server.client().await;
-    // About 90 ms of work on this machine (120 steps, each with a pass over 50257 log-probs):
-    // the 40 ms deadline passes in the middle of decoding.
+    // Each request is about 90 ms of work alone (120 steps, each with a pass over 50257
+    // log-probabilities, done per request on the engine thread); eight in one batch take
+    // several times that. The 300 ms deadlines pass in the middle of decoding.
     let slow = || pb::GenerateRequest {
         logprobs: 20,
         ..text_request("Hello", 120)
     };
+    let mut load = Vec::new();
+    for _ in 0..6 {
+        let mut c = c.clone();
+        let req = slow();
+        load.push(tokio::spawn(async move { stream_all(&mut c, req).await }));
+    }
     let mut req = Request::new(slow());
-    req.set_timeout(Duration::from_millis(40));
+    req.set_timeout(Duration::from_millis(300));
+    let unary = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.generate(req).await })
+    };
+    let mut req = Request::new(slow());
+    req.set_timeout(Duration::from_millis(300));
     let msgs = stream_all(&mut c, req).await.unwrap();
     let last = msgs.last().unwrap();
     assert_eq!(last.finish_reason, FinishReason::Deadline as i32);
@@ -578,10 +593,15 @@ async fn deadlines_end_streams_and_fail_unary_calls() {
         "the tokens made before the deadline are kept"
     );
 
-    let mut req = Request::new(slow());
-    req.set_timeout(Duration::from_millis(40));
-    let status = c.generate(req).await.unwrap_err();
+    let status = unary.await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    for l in load {
+        let msgs = l.await.unwrap().unwrap();
+        assert_eq!(
+            msgs.last().unwrap().finish_reason,
+            FinishReason::Length as i32
+        );
+    }
 
     // A generous deadline changes nothing.
     let mut req = Request::new(text_request("Hello", 8));
@@ -653,7 +673,11 @@ async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
         max_queued: 1,
         ..Limits::default()
     };
-    let server = Server::start(BIG_VOCAB, limits).await;
+    let batching = Batching {
+        max_running: 1,
+        ..Batching::default()
+    };
+    let server = Server::start_full(BIG_VOCAB, limits, None, None, batching).await;
     let mut c = server.client().await;
     // Log-probabilities over 50257 tokens make every step cost a full-vocabulary pass.
     let slow = || pb::GenerateRequest {
@@ -787,6 +811,7 @@ async fn health_is_not_serving_while_the_model_loads() {
         kv_type: Default::default(),
         auth_token: None,
         tls: None,
+        batching: Batching::default(),
     };
     let task = tokio::spawn(serve_on(listener, config, std::future::pending()));
     let server = Server {
@@ -968,7 +993,14 @@ async fn tls_and_mutual_tls() {
         }
     };
 
-    let server = Server::start_full(SMALL, Limits::default(), None, Some(files(false))).await;
+    let server = Server::start_full(
+        SMALL,
+        Limits::default(),
+        None,
+        Some(files(false)),
+        Batching::default(),
+    )
+    .await;
     wait_serving(server.addr, false).await;
     let ch = tls_channel(server.addr, false).await.unwrap();
     assert_eq!(generate(ch).await.unwrap().into_inner().tokens.len(), 2);
@@ -985,7 +1017,14 @@ async fn tls_and_mutual_tls() {
     }
     server.shutdown().await;
 
-    let server = Server::start_full(SMALL, Limits::default(), None, Some(files(true))).await;
+    let server = Server::start_full(
+        SMALL,
+        Limits::default(),
+        None,
+        Some(files(true)),
+        Batching::default(),
+    )
+    .await;
     wait_serving(server.addr, true).await;
     let ch = tls_channel(server.addr, true).await.unwrap();
     assert_eq!(generate(ch).await.unwrap().into_inner().tokens.len(), 2);
@@ -997,5 +1036,183 @@ async fn tls_and_mutual_tls() {
             "a client without a certificate got in"
         ),
     }
+    server.shutdown().await;
+}
+
+/// Requests generated together in one batch get the tokens they get alone: identical, or
+/// diverging only where the solo run's two best tokens are within 0.02 nats. Batched kernels add
+/// in another order (tests/batch.rs bounds one step's logits at 1e-4 relative), and over many
+/// steps such a difference can round an activation to the neighbouring int8 value, which moves
+/// this random-weight fixture's logits by up to about 1e-2 (measured: a flip at a 0.0025 gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_requests_match_their_solo_runs() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    let prompts = [
+        "The cat",
+        "In the beginning",
+        "A",
+        "Rust is",
+        "Hello, world",
+        "zz top",
+        "Once",
+        "12345",
+    ];
+    let req = |p: &str| pb::GenerateRequest {
+        logprobs: 2,
+        ..text_request(p, 40)
+    };
+    let mut solo = Vec::new();
+    for p in prompts {
+        solo.push(c.generate(req(p)).await.unwrap().into_inner());
+    }
+    let mut together = Vec::new();
+    for p in prompts {
+        let mut c = c.clone();
+        let r = req(p);
+        together.push(tokio::spawn(async move { c.generate(r).await }));
+    }
+    for (p, (alone, t)) in prompts.iter().zip(solo.iter().zip(together)) {
+        let batched = t.await.unwrap().unwrap().into_inner();
+        let a: Vec<u32> = alone.tokens.iter().map(|t| t.id).collect();
+        let b: Vec<u32> = batched.tokens.iter().map(|t| t.id).collect();
+        if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+            let top = &alone.tokens[i].top_logprobs;
+            let gap = top[0].logprob - top[1].logprob;
+            assert!(
+                gap < 0.02,
+                "{p:?}: token {i} differs ({} vs {}) with a gap of {gap}",
+                a[i],
+                b[i]
+            );
+        } else {
+            assert_eq!(a, b, "{p:?}");
+            assert_eq!(alone.text_delta, batched.text_delta, "{p:?}");
+        }
+    }
+    server.shutdown().await;
+}
+
+/// A client that stops reading fills its stream buffer and is cancelled with RESOURCE_EXHAUSTED;
+/// the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_cancelled_without_stalling_the_batch() {
+    let batching = Batching {
+        stream_buffer: 32,
+        ..Batching::default()
+    };
+    let server = Server::start_full(BIG_VOCAB, Limits::default(), None, None, batching).await;
+    // A 2 KiB HTTP/2 window: the server can push only a few messages before this client reads.
+    let small_window = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(2048))
+        .initial_connection_window_size(Some(2048))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow_client = TextGenerationClient::new(small_window);
+    let req = pb::GenerateRequest {
+        logprobs: 20,
+        ..text_request("Hello", 120)
+    };
+    let mut slow = slow_client
+        .generate_stream(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    // Meanwhile a normal client (small messages: no log-probabilities) streams to the end.
+    let mut c = server.client().await;
+    let msgs = stream_all(&mut c, text_request("Hello", 120))
+        .await
+        .unwrap();
+    assert_eq!(
+        msgs.last().unwrap().finish_reason,
+        FinishReason::Length as i32
+    );
+    // Now read the slow stream: some tokens, then the status.
+    let mut n = 0;
+    let status = loop {
+        match slow.next().await {
+            Some(Ok(m)) => {
+                assert_eq!(m.finish_reason, 0, "the slow stream ran to its end");
+                n += m.tokens.len();
+            }
+            Some(Err(s)) => break s,
+            None => panic!("the slow stream ended without a status"),
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("did not read"), "{status:?}");
+    assert!(n < 120, "{n} tokens");
+    server.shutdown().await;
+}
+
+/// Many requests, each abandoned at a random point (or read to its end): afterwards nothing is
+/// running or queued and every KV position is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_cancellations_leave_nothing_behind() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let c = server.client().await;
+    let mut rng = qgpt::sampling::Rng::new(42);
+    let mut tasks = Vec::new();
+    for i in 0..300u64 {
+        let mut c = c.clone();
+        let stop_after = (rng.next_u64() % 24) as usize; // 20 and up: read to the end
+        let req = pb::GenerateRequest {
+            sampling: Some(pb::SamplingParams {
+                temperature: Some(1.0),
+                seed: Some(i),
+                ..Default::default()
+            }),
+            ..text_request("Once upon a time", 20)
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut s = match c.generate_stream(req).await {
+                Ok(s) => s.into_inner(),
+                Err(status) => return Err(status),
+            };
+            let mut seen = 0;
+            while let Some(m) = s.next().await {
+                m?;
+                seen += 1;
+                if seen > stop_after {
+                    break; // dropping the stream cancels the call
+                }
+            }
+            Ok(())
+        }));
+        if i % 16 == 15 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    for t in tasks {
+        if let Err(status) = t.await.unwrap() {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        }
+    }
+    let mut c = server.client().await;
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c
+            .get_server_status(pb::GetServerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if st.running_requests == 0 && st.queued_requests == 0 {
+            assert_eq!(st.kv_cache_tokens_free, st.kv_cache_tokens_total, "{st:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "requests left behind: {st:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        c.generate(text_request("Hi", 3))
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .len(),
+        3
+    );
     server.shutdown().await;
 }

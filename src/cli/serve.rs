@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{init_threads, CliError, KvTypeArg};
-use qgpt::server::{serve_on, Limits, ServeConfig, TlsFiles, Transport};
+use qgpt::server::{serve_on, Batching, Limits, ServeConfig, TlsFiles, Transport};
 
 /// Arguments of `qgpt serve`.
 #[derive(clap::Args)]
@@ -32,6 +32,21 @@ pub struct Args {
     /// Requests that may wait for the engine; more are refused at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "QGPT_MAX_QUEUED", default_value_t = 64)]
     max_queued: usize,
+    /// Requests generating at once (continuous batching: they share every forward pass).
+    #[arg(long, env = "QGPT_MAX_RUNNING", default_value_t = 16)]
+    max_running: usize,
+    /// KV-cache positions that running requests may reserve together (each reserves its prompt
+    /// plus its max_new_tokens; F16 GPT-2 124M takes 36 KiB a position); 0: max-running × the
+    /// model's context.
+    #[arg(long, env = "QGPT_KV_CACHE_TOKENS", default_value_t = 0)]
+    kv_cache_tokens: usize,
+    /// Tokens per forward step: one per decoding request, the rest for prompt chunks (bounds
+    /// how long a step, and so everyone's inter-token latency, can get while prompts arrive).
+    #[arg(long, env = "QGPT_MAX_BATCH_TOKENS", default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Messages a stream may leave unread before its request is cancelled as a slow reader.
+    #[arg(long, env = "QGPT_STREAM_BUFFER", default_value_t = 256)]
+    stream_buffer: usize,
     /// max_new_tokens for requests that leave it 0 (always capped by the context left).
     #[arg(long, env = "QGPT_DEFAULT_MAX_NEW_TOKENS", default_value_t = 256)]
     default_max_new_tokens: u32,
@@ -131,6 +146,12 @@ pub fn run(args: Args) -> Result<(), CliError> {
         drain_timeout: Duration::from_secs(args.drain_timeout_s),
         kv_type: args.kv_type.into(),
         auth_token: auth_token(args.auth_token_file.as_ref())?,
+        batching: Batching {
+            max_running: args.max_running,
+            kv_cache_tokens: args.kv_cache_tokens,
+            max_batch_tokens: args.max_batch_tokens,
+            stream_buffer: args.stream_buffer,
+        },
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,

@@ -18,7 +18,8 @@ pub struct SeqStep<'a> {
     pub tokens: &'a [u32],
     /// Which positions need logits.
     pub which: Logits,
-    /// V values for `Logits::Last`, `tokens.len()` × V for `Logits::All`.
+    /// V values for `Logits::Last`, `tokens.len()` × V for `Logits::All`, empty for
+    /// `Logits::None`.
     pub logits: &'a mut [f32],
 }
 
@@ -66,6 +67,7 @@ impl Gpt2 {
             let want = match st.which {
                 Logits::Last => cfg.n_vocab,
                 Logits::All => st.tokens.len() * cfg.n_vocab,
+                Logits::None => 0,
             };
             assert_eq!(st.logits.len(), want, "logits buffer size");
         }
@@ -205,7 +207,7 @@ impl Gpt2 {
                     ops::linear(&mm, &w.output, None, &h[..p.n * c], out, &mut s.mm);
                 }
                 Logits::Last if p.off + p.n == st.tokens.len() => last_rows.push(p),
-                Logits::Last => {}
+                Logits::Last | Logits::None => {}
             }
         }
         if last_rows.is_empty() {

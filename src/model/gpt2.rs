@@ -30,6 +30,8 @@ pub enum Logits {
     Last,
     /// Every new token (scoring, perplexity).
     All,
+    /// None (a prompt chunk that is not the last: only its keys and values matter).
+    None,
 }
 
 /// A loaded GPT-2 model: the mapped file, its hyperparameters and typed weights.

@@ -25,6 +25,33 @@ pub struct ServeConfig {
     pub auth_token: Option<String>,
     /// When set, the listener speaks TLS only.
     pub tls: Option<TlsFiles>,
+    /// Continuous-batching limits.
+    pub batching: Batching,
+}
+
+/// How many requests generate together, and how big a step may be.
+#[derive(Debug, Clone)]
+pub struct Batching {
+    /// Requests generating at once.
+    pub max_running: usize,
+    /// KV-cache positions all running requests may reserve together (each reserves its prompt
+    /// plus its max_new_tokens); 0: max_running × the model's context.
+    pub kv_cache_tokens: usize,
+    /// Tokens per forward step (decode tokens first, then prompt chunks); at least max_running.
+    pub max_batch_tokens: usize,
+    /// Messages a stream may leave unread before its request is cancelled as a slow reader.
+    pub stream_buffer: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self {
+            max_running: 16,
+            kv_cache_tokens: 0,
+            max_batch_tokens: 512,
+            stream_buffer: 256,
+        }
+    }
 }
 
 /// PEM files of the server's TLS identity, and of the CA that client certificates must chain to

@@ -5,10 +5,10 @@ use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
 
-use super::engine::Event;
 use super::pb;
 use super::pb::text_generation_server::TextGeneration;
 use super::service::Service;
+use crate::engine::Event;
 
 /// A service that exists once the model is loaded.
 #[derive(Clone, Default)]

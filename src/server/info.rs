@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use super::pb;
-use super::request::token_text;
+use crate::engine::token_text;
 use crate::gguf::{file_type_short_name, Value};
 use crate::model::LoadedModel;
 

@@ -9,7 +9,6 @@
 
 mod auth;
 mod config;
-mod engine;
 mod gate;
 mod info;
 pub mod pb;
@@ -26,12 +25,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
-pub use config::{Limits, ServeConfig, TlsFiles, Transport};
+pub use config::{Batching, Limits, ServeConfig, TlsFiles, Transport};
 
+use crate::engine::{Engine, EngineConfig};
 use crate::generate::{generate, GenerateOptions};
 use crate::model::LoadedModel;
 use crate::sampling::SamplingParams;
-use engine::Engine;
 use gate::Gate;
 use service::Service;
 
@@ -56,6 +55,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// The listener's TLS settings from `files`.
@@ -143,8 +144,14 @@ pub async fn serve_on(
     let model = Arc::new(model);
     let engine = Engine::start(
         model.clone(),
-        config.limits.max_queued,
-        config.limits.default_max_new_tokens,
+        engine_config(&config, model.model.config().n_ctx)?,
+    );
+    tracing::info!(
+        max_running = engine.config.max_running,
+        kv_cache_tokens = engine.config.kv_cache_tokens,
+        max_batch_tokens = engine.config.max_batch_tokens,
+        max_queued = engine.config.max_queued,
+        "engine started"
     );
     let state = engine.state.clone();
     gate.open(Service {
@@ -191,6 +198,45 @@ pub async fn serve_on(
         .map_err(|e| ServeError::WarmUp(e.to_string()))??;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The engine's limits from the server's settings, checked.
+fn engine_config(c: &ServeConfig, n_ctx: usize) -> Result<EngineConfig, ServeError> {
+    let b = &c.batching;
+    if b.max_running == 0 {
+        return Err(ServeError::Config(
+            "--max-running must be at least 1".into(),
+        ));
+    }
+    if b.max_batch_tokens < b.max_running {
+        return Err(ServeError::Config(format!(
+            "--max-batch-tokens ({}) must be at least --max-running ({}): every running \
+             request needs one token per step",
+            b.max_batch_tokens, b.max_running
+        )));
+    }
+    if b.stream_buffer == 0 {
+        return Err(ServeError::Config(
+            "--stream-buffer must be at least 1".into(),
+        ));
+    }
+    let kv = match b.kv_cache_tokens {
+        0 => b.max_running * n_ctx,
+        n if n < 2 => {
+            return Err(ServeError::Config(format!(
+                "--kv-cache-tokens ({n}) cannot hold a prompt and a generated token"
+            )))
+        }
+        n => n,
+    };
+    Ok(EngineConfig {
+        max_queued: c.limits.max_queued,
+        max_running: b.max_running,
+        kv_cache_tokens: kv,
+        max_batch_tokens: b.max_batch_tokens,
+        default_max_new_tokens: c.limits.default_max_new_tokens,
+        stream_buffer: b.stream_buffer,
+    })
 }
 
 /// Sets the status of the whole server and of the generation service.

@@ -7,18 +7,9 @@ use tonic::Status;
 
 use super::config::Limits;
 use super::pb;
+use crate::engine::Prompt;
 use crate::generate::GenerateOptions;
 use crate::sampling::SamplingParams;
-use crate::tokenizer::Tokenizer;
-
-/// A prompt as the request gave it.
-#[derive(Debug)]
-pub(super) enum Prompt {
-    /// Text, tokenized by the engine (CPU work stays off the async threads).
-    Text(String),
-    /// Token ids, checked against the vocabulary here.
-    Ids(Vec<u32>),
-}
 
 /// A generation request that passed validation.
 #[derive(Debug)]
@@ -31,11 +22,6 @@ pub(super) struct Validated {
 
 fn invalid(msg: impl Into<String>) -> Status {
     Status::invalid_argument(msg.into())
-}
-
-/// The text of one token for display (a partial UTF-8 sequence becomes U+FFFD).
-pub(super) fn token_text(tok: &Tokenizer, id: u32) -> String {
-    String::from_utf8_lossy(tok.token_bytes(id).unwrap_or_default()).into_owned()
 }
 
 /// Checks ids against the vocabulary.

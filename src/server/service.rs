@@ -10,9 +10,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::config::Limits;
-use super::engine::{Engine, Event, Job};
 use super::pb;
-use super::request::{check_ids, parse_grpc_timeout, token_text, validate};
+use super::request::{check_ids, parse_grpc_timeout, validate};
+use crate::engine::{plain_token, Engine, Event, Job};
 use crate::model::LoadedModel;
 
 /// The unary call answers this long before the call's deadline, so that the caller gets
@@ -67,12 +67,7 @@ impl Service {
         let c = self.model.model.config();
         let seed = seed_base().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let v = validate(req, &self.limits, c.n_vocab, c.n_ctx, seed, deadline)?;
-        let max_new = match v.max_new_tokens {
-            0 => self.limits.default_max_new_tokens,
-            n => n,
-        } as usize;
-        // One message per token, the last one and a possible error: the engine never waits.
-        let (tx, rx) = mpsc::channel(max_new.min(c.n_ctx) + 2);
+        let (tx, rx) = self.engine.channel();
         self.engine.submit(Job {
             request_id,
             prompt: v.prompt,
@@ -181,15 +176,7 @@ impl pb::text_generation_server::TextGeneration for Service {
                 }
                 ids.extend(t.encode(&req.text)?);
                 Ok::<_, crate::model::ModelError>(
-                    ids.into_iter()
-                        .map(|id| pb::Token {
-                            id,
-                            text: token_text(t, id),
-                            logprob: None,
-                            special: t.is_special(id),
-                            top_logprobs: Vec::new(),
-                        })
-                        .collect(),
+                    ids.into_iter().map(|id| plain_token(t, id)).collect(),
                 )
             })
             .await?
@@ -236,14 +223,15 @@ impl pb::text_generation_server::TextGeneration for Service {
         _: Request<pb::GetServerStatusRequest>,
     ) -> Result<Response<pb::GetServerStatusResponse>, Status> {
         let st = &self.engine.state;
+        let cfg = &self.engine.config;
         let running = st.running.load(Ordering::SeqCst) as u32;
-        let kv_total = self.model.model.config().n_ctx as u64;
+        let kv_total = cfg.kv_cache_tokens as u64;
         Ok(Response::new(pb::GetServerStatusResponse {
             running_requests: running,
             queued_requests: st.queued.load(Ordering::SeqCst) as u32,
-            max_running_requests: 1,
-            max_queued_requests: self.engine.max_queued as u32,
-            free_slots: 1u32.saturating_sub(running),
+            max_running_requests: cfg.max_running as u32,
+            max_queued_requests: cfg.max_queued as u32,
+            free_slots: (cfg.max_running as u32).saturating_sub(running),
             kv_cache_tokens_total: kv_total,
             kv_cache_tokens_free: kv_total.saturating_sub(st.kv_tokens_used.load(Ordering::SeqCst)),
             draining: self.draining.load(Ordering::SeqCst),

@@ -1,0 +1,149 @@
+//! The engine: one OS thread that owns the model, the running batch and their KV caches.
+//! Requests wait in a bounded FIFO queue; each step the scheduler (`scheduler.rs`) admits what
+//! the limits allow, advances every running request by one batched forward pass (one token for
+//! those decoding, a prompt chunk for those in prefill) and streams every sampled token at once.
+//! Tokio's threads only move messages: no model work runs on them.
+
+mod messages;
+mod scheduler;
+
+pub(crate) use messages::{plain_token, token_text};
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::generate::GenerateOptions;
+use crate::model::LoadedModel;
+use crate::server::pb;
+
+/// What a request's stream receives: responses, or one error that ends it.
+pub type Event = Result<pb::GenerateResponse, Status>;
+
+/// A prompt as the request gave it.
+#[derive(Debug)]
+pub enum Prompt {
+    /// Text, tokenized by the engine (CPU work stays off the async threads).
+    Text(String),
+    /// Token ids (already checked against the vocabulary).
+    Ids(Vec<u32>),
+}
+
+/// A validated request waiting for the engine.
+pub struct Job {
+    /// The request's id (the caller's or an assigned one).
+    pub request_id: String,
+    /// Text or ids.
+    pub prompt: Prompt,
+    /// 0: the server's default; either way capped by what the context leaves.
+    pub max_new_tokens: u32,
+    /// Sampling, stops, log-probabilities, deadline (`max_new_tokens` is set by the engine).
+    pub opts: GenerateOptions,
+    /// Return the prompt's tokens in the first message.
+    pub echo: bool,
+    /// When the server received it.
+    pub arrival: Instant,
+    /// Where its messages go; see [`Engine::channel`].
+    pub tx: mpsc::Sender<Event>,
+}
+
+/// The scheduler's limits.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Requests that may wait; more are refused with RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// Requests generating at once.
+    pub max_running: usize,
+    /// KV-cache positions that running requests may reserve in all (each reserves its prompt
+    /// plus its max_new_tokens when admitted).
+    pub kv_cache_tokens: usize,
+    /// Tokens per forward step: every decoding request's one token, then prompt chunks.
+    pub max_batch_tokens: usize,
+    /// `max_new_tokens` when a request leaves it 0.
+    pub default_max_new_tokens: u32,
+    /// Messages a stream may have unread before its request is cancelled as a slow reader.
+    pub stream_buffer: usize,
+}
+
+/// Counters shared with the service (for GetServerStatus and admission).
+#[derive(Debug, Default)]
+pub struct EngineState {
+    /// Requests accepted and not yet admitted.
+    pub queued: AtomicUsize,
+    /// Requests generating.
+    pub running: AtomicUsize,
+    /// KV-cache positions reserved by running requests.
+    pub kv_tokens_used: AtomicU64,
+    /// Set when the drain timeout has passed: running requests end with CANCELLED.
+    pub cancel_all: AtomicBool,
+    /// Moving average of the time requests spend running, in microseconds (for the wait
+    /// estimate of a refusal).
+    pub avg_run_us: AtomicU64,
+}
+
+/// The handle the service submits jobs through.
+pub struct Engine {
+    queue: SyncSender<Job>,
+    /// Shared counters.
+    pub state: Arc<EngineState>,
+    /// The limits it runs with.
+    pub config: EngineConfig,
+}
+
+impl Engine {
+    /// Starts the engine thread over `model`.
+    pub fn start(model: Arc<LoadedModel>, config: EngineConfig) -> Self {
+        let (queue, rx) = sync_channel(config.max_queued);
+        let state = Arc::new(EngineState::default());
+        let (st, cfg) = (state.clone(), config.clone());
+        std::thread::Builder::new()
+            .name("qgpt-engine".into())
+            .spawn(move || scheduler::run(&model, rx, st, &cfg))
+            .expect("spawning the engine thread");
+        Self {
+            queue,
+            state,
+            config,
+        }
+    }
+
+    /// A request's message channel: room for the stream buffer plus the error that ends a
+    /// slow reader's stream.
+    pub fn channel(&self) -> (mpsc::Sender<Event>, mpsc::Receiver<Event>) {
+        mpsc::channel(self.config.stream_buffer + 1)
+    }
+
+    /// Queues `job`, or refuses it at once with RESOURCE_EXHAUSTED when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), Status> {
+        self.state.queued.fetch_add(1, Ordering::SeqCst);
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.state.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => self.overloaded(),
+                    TrySendError::Disconnected(_) => Status::unavailable("the engine has stopped"),
+                })
+            }
+        }
+    }
+
+    /// RESOURCE_EXHAUSTED with the queue length and an estimate of the wait.
+    fn overloaded(&self) -> Status {
+        let s = &self.state;
+        let queued = s.queued.load(Ordering::SeqCst);
+        let running = s.running.load(Ordering::SeqCst);
+        let avg_ms = s.avg_run_us.load(Ordering::SeqCst) as f64 / 1e3;
+        // The queue empties at about max_running requests per average request time.
+        let wait_ms = avg_ms * (queued as f64 + 1.0) / self.config.max_running.max(1) as f64;
+        Status::resource_exhausted(format!(
+            "the queue is full: {queued} requests waiting (limit {}, flag --max-queued), \
+             {running} running; estimated wait {wait_ms:.0} ms; retry later",
+            self.config.max_queued,
+        ))
+    }
+}

@@ -1,0 +1,444 @@
+//! The continuous-batching loop. Each step:
+//! 1. admits waiting requests in FIFO order while the running cap and the KV-token budget allow
+//!    (the head of the queue waits for room; nothing behind it overtakes it, so none starves);
+//! 2. ends requests whose client has gone, whose deadline has passed, or that the drain cancels;
+//! 3. plans one forward pass of at most `max_batch_tokens` tokens: one token for every request
+//!    that is decoding, then prompt chunks for those in prefill, oldest first (a long prompt is
+//!    spread over several steps instead of freezing everyone's decode);
+//! 4. runs it as one batched forward (each weight matrix read once for all of them);
+//! 5. samples for every request that got logits and streams the token at once.
+
+use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::Status;
+
+use super::messages::{finish_reason, plain_token, token_message, Times};
+use super::{EngineConfig, EngineState, Event, Job, Prompt};
+use crate::generate::{CancelCheck, FinishReason, GenerateError};
+use crate::model::{KvCache, LoadedModel, Logits, Scratch, SeqStep};
+use crate::server::pb;
+use crate::session::Session;
+
+/// A request admitted to the batch.
+struct Running {
+    request_id: String,
+    tx: tokio::sync::mpsc::Sender<Event>,
+    echo: Option<Vec<pb::Token>>,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    done: usize,
+    cache: KvCache,
+    logits: Vec<f32>,
+    session: Session,
+    /// The token to feed at the next decode step.
+    next: Option<u32>,
+    /// KV positions reserved.
+    reserve: usize,
+    times: Times,
+    /// Set once it has ended (its final message sent, or its client gone).
+    ended: bool,
+}
+
+/// A request ready to be admitted: tokenized, its reservation known.
+struct Ready {
+    job: Job,
+    prompt: Vec<u32>,
+    reserve: usize,
+}
+
+/// One request's share of a planned step.
+#[derive(Clone, Copy)]
+struct Part {
+    /// Index in the running list.
+    index: usize,
+    /// Tokens fed: the next token (decode) or a prompt chunk.
+    n: usize,
+    /// Whether the logits of its last token are needed (decode, or the last prompt chunk).
+    sample: bool,
+}
+
+/// The engine thread's loop; returns when the service drops the queue and nothing is running.
+pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, cfg: &EngineConfig) {
+    let c = m.model.config();
+    let mut scratch = Scratch::new(c, cfg.max_batch_tokens);
+    let mut running: Vec<Running> = Vec::new();
+    let mut held: Option<Ready> = None;
+    let mut kv_used = 0usize;
+    loop {
+        // 1. Admission.
+        while running.len() < cfg.max_running {
+            let ready = match held.take() {
+                Some(r) => r,
+                None => {
+                    let job = if running.is_empty() {
+                        match rx.recv() {
+                            Ok(j) => j,
+                            Err(_) => return,
+                        }
+                    } else {
+                        match rx.try_recv() {
+                            Ok(j) => j,
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                        }
+                    };
+                    match prepare(m, job, cfg, &state) {
+                        Some(r) => r,
+                        None => {
+                            state.queued.fetch_sub(1, Ordering::SeqCst);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if kv_used + ready.reserve > cfg.kv_cache_tokens {
+                held = Some(ready);
+                break;
+            }
+            state.queued.fetch_sub(1, Ordering::SeqCst);
+            if let Some(r) = admit(m, ready, &state) {
+                kv_used += r.reserve;
+                running.push(r);
+            }
+        }
+
+        // 2. Requests whose client left, whose deadline passed, or that the drain cancels.
+        for r in running.iter_mut() {
+            if let Some(reason) = r.session.interrupted() {
+                finish(r, reason, &state);
+            }
+        }
+
+        // 3. Plan: decode tokens first, then prompt chunks, within the token budget.
+        let mut parts = Vec::with_capacity(running.len());
+        let mut budget = cfg.max_batch_tokens;
+        for (index, r) in running.iter().enumerate() {
+            if !r.ended && r.done == r.prompt.len() && r.next.is_some() && budget > 0 {
+                parts.push(Part {
+                    index,
+                    n: 1,
+                    sample: true,
+                });
+                budget -= 1;
+            }
+        }
+        for (index, r) in running.iter().enumerate() {
+            let left = r.prompt.len() - r.done;
+            if !r.ended && left > 0 && budget > 0 {
+                let n = left.min(budget);
+                parts.push(Part {
+                    index,
+                    n,
+                    sample: n == left,
+                });
+                budget -= n;
+            }
+        }
+
+        // 4. One batched forward pass.
+        if !parts.is_empty() {
+            if let Err(status) = forward(m, &mut running, &parts, &mut scratch) {
+                for p in &parts {
+                    let r = &mut running[p.index];
+                    let _ = r.tx.try_send(Err(status.clone()));
+                    r.ended = true;
+                }
+            }
+        }
+
+        // 5. Sample and stream.
+        let now = Instant::now();
+        for p in &parts {
+            let r = &mut running[p.index];
+            if r.ended {
+                continue;
+            }
+            if r.done < r.prompt.len() {
+                r.done += p.n;
+                if r.done == r.prompt.len() {
+                    r.times.prefilled = Some(now);
+                }
+            }
+            if p.sample {
+                let outcome = catch_unwind(AssertUnwindSafe(|| sample(m, r, &state)));
+                if outcome.is_err() {
+                    let _ =
+                        r.tx.try_send(Err(Status::internal("generation failed (internal error)")));
+                    r.ended = true;
+                }
+            }
+        }
+
+        // Release what ended.
+        running.retain(|r| {
+            if r.ended {
+                kv_used -= r.reserve;
+            }
+            !r.ended
+        });
+        state.running.store(running.len(), Ordering::SeqCst);
+        state.kv_tokens_used.store(kv_used as u64, Ordering::SeqCst);
+    }
+}
+
+/// Tokenizes and checks `job` and sizes its reservation; on a refusal, answers it and returns
+/// None.
+fn prepare(m: &LoadedModel, job: Job, cfg: &EngineConfig, state: &EngineState) -> Option<Ready> {
+    if job.tx.is_closed() {
+        return None; // the client left while it waited
+    }
+    let refuse = |job: &Job, status: Status| {
+        let _ = job.tx.try_send(Err(status));
+    };
+    if state.cancel_all.load(Ordering::SeqCst) {
+        refuse(
+            &job,
+            Status::cancelled("cancelled: the server shut down before the request ran"),
+        );
+        return None;
+    }
+    let tok = &m.tokenizer;
+    let n_ctx = m.model.config().n_ctx;
+    let prompt = match &job.prompt {
+        Prompt::Ids(ids) => ids.clone(),
+        Prompt::Text(text) => {
+            let mut ids = Vec::new();
+            if tok.add_bos() {
+                ids.extend(tok.bos());
+            }
+            match tok.encode(text) {
+                Ok(t) => ids.extend(t),
+                Err(e) => {
+                    refuse(&job, Status::internal(e.to_string()));
+                    return None;
+                }
+            }
+            ids
+        }
+    };
+    if prompt.is_empty() {
+        refuse(
+            &job,
+            Status::invalid_argument("prompt: the text has no tokens (it must not be empty)"),
+        );
+        return None;
+    }
+    let room = n_ctx.min(cfg.kv_cache_tokens);
+    if prompt.len() >= room {
+        let msg = if room < n_ctx {
+            format!(
+                "prompt: {} tokens leave no room to generate in this server's KV budget of \
+                 {room} positions (--kv-cache-tokens)",
+                prompt.len()
+            )
+        } else {
+            format!(
+                "prompt: {} tokens leave no room to generate in the model's context of {n_ctx} \
+                 tokens",
+                prompt.len()
+            )
+        };
+        refuse(&job, Status::invalid_argument(msg));
+        return None;
+    }
+    let asked = match job.max_new_tokens {
+        0 => cfg.default_max_new_tokens,
+        n => n,
+    } as usize;
+    let reserve = prompt.len() + asked.min(room - prompt.len());
+    Some(Ready {
+        job,
+        prompt,
+        reserve,
+    })
+}
+
+/// Starts `ready`: its session, cache and logits buffer; None if it was refused or has ended.
+fn admit(m: &LoadedModel, ready: Ready, state: &Arc<EngineState>) -> Option<Running> {
+    let Ready {
+        mut job,
+        prompt,
+        reserve,
+    } = ready;
+    let c = m.model.config();
+    let tok = &m.tokenizer;
+    job.opts.max_new_tokens = reserve - prompt.len();
+    // A client that has gone, or a drain past its timeout, ends the request before the next
+    // forward pass.
+    let (gone, st) = (job.tx.clone(), state.clone());
+    job.opts.cancel = Some(CancelCheck(Arc::new(move || {
+        gone.is_closed() || st.cancel_all.load(Ordering::SeqCst)
+    })));
+    let session = match Session::new(&prompt, job.opts, tok, c.n_vocab, c.n_ctx) {
+        Ok(s) => s,
+        Err(e) => {
+            let status = match e {
+                GenerateError::Forward(e) => Status::internal(e.to_string()),
+                e => Status::invalid_argument(e.to_string()),
+            };
+            let _ = job.tx.try_send(Err(status));
+            return None;
+        }
+    };
+    let now = Instant::now();
+    let mut r = Running {
+        echo: job
+            .echo
+            .then(|| prompt.iter().map(|&id| plain_token(tok, id)).collect()),
+        request_id: job.request_id,
+        tx: job.tx,
+        cache: m.model.new_cache(reserve),
+        logits: vec![0.0; c.n_vocab],
+        prompt,
+        done: 0,
+        session,
+        next: None,
+        reserve,
+        times: Times {
+            arrival: job.arrival,
+            admitted: now,
+            prefilled: None,
+            first_token: None,
+        },
+        ended: false,
+    };
+    if let Some(reason) = r.session.interrupted() {
+        finish(&mut r, reason, state);
+        return None;
+    }
+    Some(r)
+}
+
+/// Runs the planned parts as one batched forward pass; a failure or panic fails them all.
+fn forward(
+    m: &LoadedModel,
+    running: &mut [Running],
+    parts: &[Part],
+    scratch: &mut Scratch,
+) -> Result<(), Status> {
+    let mut picked: Vec<Option<&mut Running>> = running.iter_mut().map(Some).collect();
+    let mut steps = Vec::with_capacity(parts.len());
+    for p in parts {
+        let r = picked[p.index].take().expect("one part per request");
+        let Running {
+            cache,
+            prompt,
+            done,
+            next,
+            logits,
+            ..
+        } = r;
+        let decoding = *done == prompt.len();
+        let tokens: &[u32] = if decoding {
+            std::slice::from_ref(next.as_ref().expect("a decoding request has a next token"))
+        } else {
+            &prompt[*done..*done + p.n]
+        };
+        let (which, logits) = if p.sample {
+            (Logits::Last, &mut logits[..])
+        } else {
+            (Logits::None, &mut [][..])
+        };
+        steps.push(SeqStep {
+            cache,
+            tokens,
+            which,
+            logits,
+        });
+    }
+    match catch_unwind(AssertUnwindSafe(|| {
+        m.model.forward_batch(&mut steps, scratch)
+    })) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Status::internal(format!("forward pass failed: {e}"))),
+        Err(_) => Err(Status::internal("forward pass failed (internal error)")),
+    }
+}
+
+/// Samples `r`'s next token from its logits and streams it; ends the request when that is its
+/// last, or when its reader is too slow or gone.
+fn sample(m: &LoadedModel, r: &mut Running, state: &EngineState) {
+    let tok = &m.tokenizer;
+    let (event, finished) = r.session.step(tok, &mut r.logits, r.cache.len());
+    let mut flow = ControlFlow::Continue(());
+    if let Some(ev) = &event {
+        r.times.first_token.get_or_insert_with(Instant::now);
+        r.next = Some(ev.id);
+        let msg = token_message(tok, &r.request_id, ev, r.echo.take().unwrap_or_default());
+        flow = send(r, msg);
+    }
+    if flow.is_break() {
+        r.ended = true;
+    } else if let Some(reason) = finished {
+        finish(r, reason, state);
+    }
+}
+
+/// Sends a token message, keeping the last slot of the channel for the error that ends a slow
+/// reader's stream. Break: the request is over (reader gone or too slow).
+fn send(r: &Running, msg: pb::GenerateResponse) -> ControlFlow<()> {
+    if r.tx.is_closed() {
+        return ControlFlow::Break(());
+    }
+    if r.tx.capacity() <= 1 {
+        let _ = r.tx.try_send(Err(Status::resource_exhausted(format!(
+            "cancelled: the client did not read its stream ({} messages unread)",
+            r.tx.max_capacity() - 1
+        ))));
+        return ControlFlow::Break(());
+    }
+    match r.tx.try_send(Ok(msg)) {
+        Ok(()) => ControlFlow::Continue(()),
+        Err(_) => ControlFlow::Break(()),
+    }
+}
+
+/// Ends `r` for `reason`: the last message (held-back text, finish reason, usage, timings).
+fn finish(r: &mut Running, reason: FinishReason, state: &EngineState) {
+    if r.ended {
+        return;
+    }
+    r.ended = true;
+    let (reason, tail) = r.session.finish(reason);
+    let now = Instant::now();
+    let timings = r.times.timings(now);
+    let generated = r.session.ids.len();
+    tracing::info!(
+        request_id = %r.request_id,
+        prompt_tokens = r.prompt.len(),
+        generated_tokens = generated,
+        finish_reason = reason.as_str(),
+        ttft_ms = timings.time_to_first_token_ms,
+        total_ms = timings.total_ms,
+        "request finished"
+    );
+    // Moving average of run times (1/8 weight), for the wait estimate of refusals.
+    let run_us = now.saturating_duration_since(r.times.admitted).as_micros() as u64;
+    let avg = state.avg_run_us.load(Ordering::SeqCst);
+    let avg = if avg == 0 {
+        run_us
+    } else {
+        (avg * 7 + run_us) / 8
+    };
+    state.avg_run_us.store(avg, Ordering::SeqCst);
+    let last = pb::GenerateResponse {
+        request_id: r.request_id.clone(),
+        text_delta: tail,
+        prompt_tokens: r.echo.take().unwrap_or_default(),
+        finish_reason: finish_reason(reason) as i32,
+        usage: Some(pb::Usage {
+            prompt_tokens: r.prompt.len() as u32,
+            generated_tokens: generated as u32,
+        }),
+        timings: Some(timings),
+        seed: r.session.options().sampling.seed,
+        stop_reason: r.session.stop_reason.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    // The channel always has room for the last message: `send` keeps one slot free.
+    let _ = r.tx.try_send(Ok(last));
+}

@@ -31,6 +31,8 @@ enum Command {
     Perplexity(cli::perplexity::Args),
     /// Serve the gRPC API (qgpt.v1.TextGeneration, health, reflection) until SIGTERM/SIGINT.
     Serve(cli::serve::Args),
+    /// Load a running server with concurrent streams and report throughput and latency.
+    Loadtest(cli::loadtest::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => cli::bench::run(a),
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Serve(a) => cli::serve::run(a),
+        Command::Loadtest(a) => cli::loadtest::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1216,3 +1216,56 @@ async fn random_cancellations_leave_nothing_behind() {
     );
     server.shutdown().await;
 }
+
+/// `qgpt loadtest --json` against a server: every request succeeds, every token is counted, and
+/// the report has the documented fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_reports_what_it_measured() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+            .args([
+                "loadtest",
+                "--addr",
+                &addr,
+                "--concurrency",
+                "4",
+                "--requests",
+                "12",
+            ])
+            .args(["--prompt-tokens", "8", "--max-new-tokens", "10", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["concurrency"], 4);
+    assert_eq!(
+        (r["requests"].as_u64(), r["ok"].as_u64()),
+        (Some(12), Some(12))
+    );
+    assert_eq!(r["generated_tokens"], 120);
+    assert!(r["errors"].as_object().unwrap().is_empty());
+    assert!(r["generated_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(r["requests_per_s"].as_f64().unwrap() > 0.0);
+    for key in ["ttft_ms", "itl_ms", "e2e_ms"] {
+        let p = &r[key];
+        let v: Vec<f64> = ["p50", "p90", "p99", "max"]
+            .iter()
+            .map(|k| p[k].as_f64().unwrap())
+            .collect();
+        assert!(
+            v[0] > 0.0 && v.windows(2).all(|w| w[0] <= w[1]),
+            "{key}: {v:?}"
+        );
+    }
+    assert!(r["ttft_ms"]["max"].as_f64() <= r["e2e_ms"]["max"].as_f64());
+    server.shutdown().await;
+}

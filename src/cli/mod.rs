@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod generate;
 pub mod inspect;
+pub mod loadtest;
 pub mod perplexity;
 pub mod serve;
 pub mod tokenize;

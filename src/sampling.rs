@@ -168,15 +168,23 @@ pub struct Sampler {
     seen: HashMap<u32, u32>,
 }
 
-/// Index of the largest value (the first one on ties); NaN never wins.
+/// Index of the largest value (the first one on ties); NaN never wins (all NaN: 0).
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] || x[best].is_nan() {
-            best = i;
+    // Two passes that vectorize (the maximum in 16 lanes, then its first position) instead of
+    // one compare-and-branch per value: a 50257-entry vocabulary is scanned for every token.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
         }
     }
-    best as u32
+    let max = lanes.iter().fold(tail, |a, &b| a.max(b));
+    x.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 impl Sampler {
@@ -327,6 +335,19 @@ mod tests {
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(params(0.0, 0, 1.0, 1)).unwrap();
         assert_eq!(s.sample(&mut [0.1, 2.0, -1.0, 2.0]), 1);
+        // Long inputs (the vectorized path), ties, NaN and infinities.
+        let mut x: Vec<f32> = (0..1000).map(|i| ((i * 37) % 101) as f32).collect();
+        assert_eq!(
+            argmax(&x),
+            30,
+            "the first of the ties at 100 (30 · 37 mod 101)"
+        );
+        x[500] = f32::NAN;
+        x[999] = f32::INFINITY;
+        assert_eq!(argmax(&x), 999);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NAN, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
     }
 
     #[test]

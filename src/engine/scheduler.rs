@@ -15,6 +15,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use tonic::Status;
 
 use super::messages::{finish_reason, plain_token, token_message, Times};
@@ -42,6 +43,8 @@ struct Running {
     times: Times,
     /// Set once it has ended (its final message sent, or its client gone).
     ended: bool,
+    /// Its logits are ready to sample in this step.
+    sample_now: bool,
 }
 
 /// A request ready to be admitted: tokenized, its reservation known.
@@ -150,7 +153,7 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
             }
         }
 
-        // 5. Sample and stream.
+        // 5. Sample and stream, the requests in parallel (each scans the whole vocabulary).
         let now = Instant::now();
         for p in &parts {
             let r = &mut running[p.index];
@@ -163,15 +166,20 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                     r.times.prefilled = Some(now);
                 }
             }
-            if p.sample {
+            r.sample_now = p.sample;
+        }
+        running
+            .par_iter_mut()
+            .filter(|r| r.sample_now && !r.ended)
+            .for_each(|r| {
+                r.sample_now = false;
                 let outcome = catch_unwind(AssertUnwindSafe(|| sample(m, r, &state)));
                 if outcome.is_err() {
-                    let _ =
-                        r.tx.try_send(Err(Status::internal("generation failed (internal error)")));
+                    let status = Status::internal("generation failed (internal error)");
+                    let _ = r.tx.try_send(Err(status));
                     r.ended = true;
                 }
-            }
-        }
+            });
 
         // Release what ended.
         running.retain(|r| {
@@ -305,6 +313,7 @@ fn admit(m: &LoadedModel, ready: Ready, state: &Arc<EngineState>) -> Option<Runn
             first_token: None,
         },
         ended: false,
+        sample_now: false,
     };
     if let Some(reason) = r.session.interrupted() {
         finish(&mut r, reason, state);

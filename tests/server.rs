@@ -559,32 +559,46 @@ async fn every_invalid_request_is_refused_with_the_field_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_end_streams_and_fail_unary_calls() {
-    let server = Server::start(BIG_VOCAB, Limits::default()).await;
+    // One request at a time, so that the deadline requests wait behind ten others: their
+    // deadline (three times one request's measured duration) passes while they wait, whatever
+    // the machine's speed. (Deadlines in the middle of decoding:
+    // `a_deadline_mid_generation_keeps_the_tokens_so_far`.)
+    let batching = Batching {
+        max_running: 1,
+        ..Batching::default()
+    };
+    let server = Server::start_full(BIG_VOCAB, Limits::default(), None, None, batching).await;
     let mut c = server.client().await;
-    // Each request is about 90 ms of work alone (120 steps, each with a pass over 50257
-    // log-probabilities, done per request on the engine thread); eight in one batch take
-    // several times that. The 300 ms deadlines pass in the middle of decoding.
+    // 120 steps, each with a pass over 50257 log-probabilities.
     let slow = || pb::GenerateRequest {
         logprobs: 20,
         ..text_request("Hello", 120)
     };
+    let t = Instant::now();
+    c.generate(slow()).await.unwrap();
+    let timeout = (t.elapsed() * 3).max(Duration::from_millis(100));
     let mut load = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..10 {
         let mut c = c.clone();
         let req = slow();
         load.push(tokio::spawn(async move { stream_all(&mut c, req).await }));
     }
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let mut req = Request::new(slow());
-    req.set_timeout(Duration::from_millis(300));
+    req.set_timeout(timeout);
     let unary = {
         let mut c = c.clone();
         tokio::spawn(async move { c.generate(req).await })
     };
     let mut req = Request::new(slow());
-    req.set_timeout(Duration::from_millis(300));
+    req.set_timeout(timeout);
     let msgs = stream_all(&mut c, req).await.unwrap();
     let last = msgs.last().unwrap();
-    assert_eq!(last.finish_reason, FinishReason::Deadline as i32);
+    assert_eq!(
+        last.finish_reason,
+        FinishReason::Deadline as i32,
+        "timeout {timeout:?}"
+    );
     let n = last.usage.unwrap().generated_tokens;
     assert!(n < 120, "{n} tokens");
     let streamed: usize = msgs.iter().map(|m| m.tokens.len()).sum();
@@ -744,7 +758,12 @@ async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_running_streams_and_refuses_new_requests() {
-    let server = Server::start(BIG_VOCAB, Limits::default()).await;
+    // One request at a time: the six below keep the drain going for about half a second.
+    let batching = Batching {
+        max_running: 1,
+        ..Batching::default()
+    };
+    let server = Server::start_full(BIG_VOCAB, Limits::default(), None, None, batching).await;
     let mut c = server.client().await;
     // Six requests of about 90 ms each keep the server draining for a while.
     let mut streams = Vec::new();
@@ -859,6 +878,8 @@ async fn sigterm_drains_and_exits_zero() {
             "-m",
         ])
         .arg(fixture(BIG_VOCAB))
+        // One request at a time: the eight below keep the drain going for most of a second.
+        .args(["--max-running", "1"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

@@ -102,11 +102,14 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 held = Some(ready);
                 break;
             }
-            state.queued.fetch_sub(1, Ordering::SeqCst);
             if let Some(r) = admit(m, ready, &state) {
                 kv_used += r.reserve;
                 running.push(r);
+                state.running.store(running.len(), Ordering::SeqCst);
             }
+            // Counted as running before it stops counting as queued: the drain, which waits
+            // for both to reach zero, never sees a request in neither.
+            state.queued.fetch_sub(1, Ordering::SeqCst);
         }
 
         // 2. Requests whose client left, whose deadline passed, or that the drain cancels.

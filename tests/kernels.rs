@@ -435,16 +435,21 @@ fn check_interleaved(k: &Kernels) {
             let l8 = format!("{label} q8_0");
             check_batched(k, GgmlType::Q8_0, &r8, &acts, k.panel_q8_0, q8_0_terms, &l8);
             if let Some(g) = k.gemm16_rows_q8_0 {
-                let w: [&[BlockQ8_0]; 16] = std::array::from_fn(|r| r8[r].as_slice());
+                // One to four groups of eight activation rows (zero rows past the fourteen).
+                let slab: Vec<BlockQ8_0> = r8.iter().flatten().copied().collect();
                 let zeros = vec![BlockQ8Act::default(); nb];
-                let cols: [&[BlockQ8Act]; 8] =
-                    std::array::from_fn(|c| acts.get(c).map_or(zeros.as_slice(), |a| a.as_slice()));
-                let mut out = [[f32::NAN; 16]; 8];
-                g(&w, &cols, &mut out);
-                for (c, o) in out.iter().enumerate() {
-                    for (r, &v) in o.iter().enumerate() {
-                        let (t, m) = q8_0_terms(w[r], cols[c]);
-                        check_mag(&format!("{l8} gemm16_rows [{c}][{r}]"), v, &t, m);
+                let col = |c: usize| acts.get(c).map_or(zeros.as_slice(), |a| a.as_slice());
+                for groups in 1..=4 {
+                    let a: Vec<BlockQ8Act> =
+                        (0..8 * groups).flat_map(|c| col(c).to_vec()).collect();
+                    let mut out = vec![[[f32::NAN; 16]; 8]; groups];
+                    g(&slab, nb, &a, &mut out);
+                    for (c, o) in out.iter().flatten().enumerate() {
+                        for (r, &v) in o.iter().enumerate() {
+                            let (t, m) = q8_0_terms(&r8[r], col(c));
+                            let l = format!("{l8} gemm16_rows groups={groups} [{c}][{r}]");
+                            check_mag(&l, v, &t, m);
+                        }
                     }
                 }
             }

@@ -11,6 +11,7 @@
 use half::f16;
 
 use super::math::exp_approx;
+use super::prefetch::{prefetch_range, Level};
 
 /// Largest head width the kernels take (GPT-2 family models use 64).
 pub const MAX_HEAD_DIM: usize = 256;
@@ -27,14 +28,17 @@ pub trait Widen {
     /// Converts `src` into `dst` (equal lengths).
     fn f16(src: &[f16], dst: &mut [f32]);
 
-    /// A level's own kernel for the scores of a whole block, heads of width 64:
-    /// `s[i][j] = Σ_d q[i][d] · kt[d · cap + p0 + j]` for queries i < nq and j < 64, where
+    /// A level's own kernel for the scores of a block, heads of width 64:
+    /// `s[i][j] = Σ_d q[i][d] · kt[d · cap + p0 + j]` for queries i < nq and j < n rounded up
+    /// to a multiple of 16 (at most 64; later entries may be left as they were), where
     /// `p0 + 64 ≤ cap`. False when the level has none (the portable loops run instead).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn scores64<E: KvElem>(
         _kt: &[E],
         _cap: usize,
         _p0: usize,
+        _n: usize,
         _q: [&[f32]; QUERIES],
         _nq: usize,
         _s: &mut [[f32; KEYS]; QUERIES],
@@ -220,17 +224,22 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
     let mut row = [0.0f32; B];
     let n_keys = last + 1;
     for p0 in (0..n_keys).step_by(KEYS) {
+        let n = KEYS.min(n_keys - p0);
+        // Decode reads each block once; prefill's groups of queries share blocks, which stay
+        // in cache.
+        if nq == 1 && p0 + KEYS < n_keys {
+            prefetch_block(&a, p0 + KEYS, KEYS.min(n_keys - p0 - KEYS));
+        }
         // Whole blocks where the cache has room (keys past the last query's position are
         // computed and then masked); a short block only at the very end of the cache.
         if p0 + KEYS <= a.cap {
             let qs: [&[f32]; QUERIES] = std::array::from_fn(|i| &q[i][..]);
-            if !(HD == 64 && X::scores64(a.kt, a.cap, p0, qs, nq, &mut s)) {
+            if !(HD == 64 && X::scores64(a.kt, a.cap, p0, n, qs, nq, &mut s)) {
                 scores::<E, X, KEYS, B>(&a, &q, &mut s, p0, KEYS, hd, nq);
             }
         } else {
             scores::<E, X, 0, B>(&a, &q, &mut s, p0, a.cap - p0, hd, nq);
         }
-        let n = KEYS.min(n_keys - p0);
         // Online softmax: new maximum, rescale what was accumulated, weights of this block.
         for i in 0..nq {
             let visible = (a.pos[i] + 1).saturating_sub(p0).min(n);
@@ -269,6 +278,28 @@ fn attend_hd<E: KvElem, X: Widen, const HD: usize, const B: usize>(a: Attend<'_,
             *x = v * inv;
         }
     }
+}
+
+/// Asks for the keys and values of positions p0..p0 + n: each key row's run and the value rows.
+/// The attention of one query reads them from 64 rows of keys far apart, which the hardware
+/// prefetchers do not follow; asked for one block ahead, they arrive while the current one runs.
+#[inline(always)]
+fn prefetch_block<E: KvElem>(a: &Attend<'_, E>, p0: usize, n: usize) {
+    let size = std::mem::size_of::<E>();
+    let kt = a.kt.as_ptr().cast::<u8>();
+    for d in 0..a.head_dim {
+        prefetch_range(
+            kt.wrapping_add((d * a.cap + p0) * size),
+            n * size,
+            Level::L1,
+        );
+    }
+    let v = a.v.as_ptr().cast::<u8>();
+    prefetch_range(
+        v.wrapping_add(p0 * a.head_dim * size),
+        n * a.head_dim * size,
+        Level::L1,
+    );
 }
 
 /// Lanes of the partial maxima and sums in [`block_softmax`]: a fixed count, so that every vector

@@ -79,15 +79,16 @@ impl super::attend::Widen for Attn {
         kt: &[E],
         cap: usize,
         p0: usize,
+        n: usize,
         q: [&[f32]; 4],
         nq: usize,
         s: &mut [[f32; 64]; 4],
     ) -> bool {
         assert!(p0 + 64 <= cap && kt.len() >= 64 * cap && q.iter().all(|q| q.len() >= 64));
         assert!((1..=4).contains(&nq), "{nq} queries");
-        // SAFETY (both calls): `Attn` is only instantiated inside this level's attention entries,
-        // reached after AVX-512 and F16C were detected; every row read, d·cap + p0 .. + 64 for
-        // d < 64, lies inside `kt` (asserted above).
+        // SAFETY (all calls): `Attn` is only instantiated inside this level's attention entries,
+        // reached after AVX-512 and F16C were detected; every row read, d·cap + p0 .. + 64 at
+        // most for d < 64, lies inside `kt` (asserted above).
         let (ptr, size) = match (E::as_f16(kt), E::as_f32(kt)) {
             (Some(kt), _) => (kt.as_ptr().cast::<u8>(), 2),
             (_, Some(kt)) => (kt.as_ptr().cast::<u8>(), 4),
@@ -95,10 +96,10 @@ impl super::attend::Widen for Attn {
         };
         unsafe {
             match nq {
-                1 => attn::scores64::<1>(ptr, size, cap, p0, q, s),
-                2 => attn::scores64::<2>(ptr, size, cap, p0, q, s),
-                3 => attn::scores64::<3>(ptr, size, cap, p0, q, s),
-                _ => attn::scores64::<4>(ptr, size, cap, p0, q, s),
+                1 => attn::scores_n::<1>(ptr, size, cap, p0, n, q, s),
+                2 => attn::scores_n::<2>(ptr, size, cap, p0, n, q, s),
+                3 => attn::scores64::<3, 4>(ptr, size, cap, p0, q, s),
+                _ => attn::scores64::<4, 4>(ptr, size, cap, p0, q, s),
             }
         }
         true
@@ -149,14 +150,41 @@ mod attn {
         }
     }
 
-    /// See `Widen::scores64`, for the first `NQ` queries. `kt` points at element 0 of a
-    /// `size`-byte element array.
+    /// `scores64` for the first `n` keys rounded up to 16 (decode reads no more of the keys
+    /// than it needs: a new sequence's first block holds few).
+    ///
+    /// # Safety
+    /// As for `scores64`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn scores_n<const NQ: usize>(
+        kt: *const u8,
+        size: usize,
+        cap: usize,
+        p0: usize,
+        n: usize,
+        q: [&[f32]; 4],
+        s: &mut [[f32; 64]; 4],
+    ) {
+        // SAFETY: the caller's contract, which every variant shares.
+        unsafe {
+            match n.div_ceil(16) {
+                0 | 1 => scores64::<NQ, 1>(kt, size, cap, p0, q, s),
+                2 => scores64::<NQ, 2>(kt, size, cap, p0, q, s),
+                3 => scores64::<NQ, 3>(kt, size, cap, p0, q, s),
+                _ => scores64::<NQ, 4>(kt, size, cap, p0, q, s),
+            }
+        }
+    }
+
+    /// See `Widen::scores64`, for the first `NQ` queries and the first 16·`CH` keys. `kt` points
+    /// at element 0 of a `size`-byte element array.
     ///
     /// # Safety
     /// AVX-512 F and F16C; elements d·cap + p0 .. + 64 readable for d < 64.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
-    pub(super) unsafe fn scores64<const NQ: usize>(
+    pub(super) unsafe fn scores64<const NQ: usize, const CH: usize>(
         kt: *const u8,
         size: usize,
         cap: usize,
@@ -167,14 +195,15 @@ mod attn {
         // One or two queries fill too few accumulators to hide the FMA latency: they take even
         // and odd dimensions into two sets, added at the end.
         let sets = if NQ <= 2 { 2 } else { 1 };
-        let mut acc = [[[_mm512_setzero_ps(); 4]; NQ]; 2];
+        let mut acc = [[[_mm512_setzero_ps(); CH]; NQ]; 2];
         for d0 in (0..64).step_by(sets) {
             for (h, acc) in acc.iter_mut().enumerate().take(sets) {
                 let d = d0 + h;
                 let row = kt.wrapping_add((d * cap + p0) * size);
                 // SAFETY: 64 elements from `row` are readable (the caller's contract).
-                let k =
-                    [0, 1, 2, 3].map(|j| unsafe { load16(row.wrapping_add(16 * j * size), size) });
+                let k: [__m512; CH] = std::array::from_fn(|j| unsafe {
+                    load16(row.wrapping_add(16 * j * size), size)
+                });
                 for (acc, q) in acc.iter_mut().zip(&q) {
                     let qd = _mm512_set1_ps(q[d]);
                     for (a, k) in acc.iter_mut().zip(&k) {
@@ -195,7 +224,10 @@ mod attn {
     /// The first set of accumulators, plus the second when `sets` is 2.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn merge<const NQ: usize>(acc: [[[__m512; 4]; NQ]; 2], sets: usize) -> [[__m512; 4]; NQ] {
+    fn merge<const NQ: usize, const CH: usize>(
+        acc: [[[__m512; CH]; NQ]; 2],
+        sets: usize,
+    ) -> [[__m512; CH]; NQ] {
         let [mut a, b] = acc;
         if sets == 2 {
             for (a, b) in a.iter_mut().zip(&b) {

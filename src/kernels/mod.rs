@@ -16,6 +16,7 @@ pub mod gemm_f32;
 mod math;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+pub mod prefetch;
 pub mod scalar;
 
 use std::fmt;
@@ -114,8 +115,10 @@ pub type GemmPanelFn<W> = fn([&[W]; 4], &[&[BlockQ8x4]], &mut [[f32; 16]; 4]);
 /// `out[c][r] = W[r] · A[c]` over the blocks both sides have.
 pub type Gemm16Fn = fn(W16Kind, &[BlockW16], [&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
 
-/// Sixteen weight rows in their file format against eight activation rows.
-pub type Gemm16RowsFn<W> = fn(&[&[W]; 16], &[&[BlockQ8Act]; 8], &mut [[f32; 16]; 8]);
+/// Sixteen consecutive weight rows in their file format (`w`: 16 × nb blocks, row r from r·nb)
+/// against groups of eight consecutive activation rows (`a`: 8·G × nb blocks, G = `out.len()`,
+/// at most 4): `out[g][c][r] = W[r] · A[8g + c]`. Panics if the lengths disagree.
+pub type Gemm16RowsFn<W> = fn(&[W], usize, &[BlockQ8Act], &mut [[[f32; 16]; 8]]);
 
 /// The kernels of one ISA level.
 #[derive(Clone, Copy)]
@@ -244,13 +247,7 @@ impl Kernels {
             dot_q4_1: scalar::dot_q4_1,
             dot_q4_0_quad: Some(scalar::dot_q4_0_quad),
             gemm16: Some(scalar::gemm16),
-            gemm16_rows_q8_0: Some(|w, a, out| {
-                for (o, a) in out.iter_mut().zip(a) {
-                    for (o, w) in o.iter_mut().zip(w) {
-                        *o = scalar::dot_q8_0(w, a);
-                    }
-                }
-            }),
+            gemm16_rows_q8_0: Some(scalar::gemm16_rows_q8_0),
             panel_q8_0: Some(scalar::panel_q8_0),
             panel_q4_0: Some(scalar::panel_q4_0),
             panel_q4_1: Some(scalar::panel_q4_1),

@@ -198,6 +198,26 @@ pub fn gemm16(kind: W16Kind, w: &[BlockW16], a: [&[BlockQ8Act]; 8], out: &mut [[
     }
 }
 
+/// Sixteen consecutive Q8_0 rows against groups of eight activation rows, one dot each (see
+/// [`super::Gemm16RowsFn`]).
+pub fn gemm16_rows_q8_0(w: &[BlockQ8_0], nb: usize, a: &[BlockQ8Act], out: &mut [[[f32; 16]; 8]]) {
+    assert_eq!(w.len(), 16 * nb, "sixteen rows of {nb} blocks");
+    assert_eq!(
+        a.len(),
+        8 * out.len() * nb,
+        "eight activation rows per group"
+    );
+    if nb == 0 {
+        out.fill([[0.0; 16]; 8]);
+        return;
+    }
+    for (o, a) in out.iter_mut().flatten().zip(a.chunks_exact(nb)) {
+        for (o, w) in o.iter_mut().zip(w.chunks_exact(nb)) {
+            *o = dot_q8_0(w, a);
+        }
+    }
+}
+
 /// Q6_K: value = d·sc[g]·(q − 32) per group g of 16.
 pub fn dot_q6_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let mut sum = 0.0;

@@ -144,17 +144,8 @@ impl Gpt2 {
             ops::layer_norm(x, &b.attn_norm.w, &b.attn_norm.b, cfg.eps, h);
             // qkv = h · Wqkv + b                                       (T, 3C)
             ops::linear(&mm, &b.attn_qkv.w, Some(&b.attn_qkv.b), h, qkv, &mut s.mm);
-            // each sequence's k, v into its cache
-            for p in parts {
-                let cache = &mut *steps[p.seq].cache;
-                for (i, r) in qkv[p.row * 3 * c..][..p.n * 3 * c]
-                    .chunks_exact(3 * c)
-                    .enumerate()
-                {
-                    cache.write(l, p.pos0 + i, &r[c..2 * c], &r[2 * c..]);
-                }
-            }
-            // att = softmax(q·Kᵀ/√d, causal) · V, per sequence and head (T, C)
+            // Per sequence, in parallel: its k, v into its cache, then
+            // att = softmax(q·Kᵀ/√d, causal) · V over its heads                 (T, C)
             let mut outs = Vec::with_capacity(parts.len());
             let mut rest = &mut att[..];
             for p in parts {
@@ -162,7 +153,16 @@ impl Gpt2 {
                 outs.push(mine);
                 rest = tail;
             }
-            let caches: Vec<&KvCache> = parts.iter().map(|p| &*steps[p.seq].cache).collect();
+            let mut caches: Vec<Option<&mut KvCache>> =
+                steps.iter_mut().map(|st| Some(&mut *st.cache)).collect();
+            let caches: Vec<&mut KvCache> = parts
+                .iter()
+                .map(|p| {
+                    caches[p.seq]
+                        .take()
+                        .expect("one part per sequence in a round")
+                })
+                .collect();
             let qkv_ref = &*qkv;
             let alone = parts.len() == 1;
             parts
@@ -170,6 +170,10 @@ impl Gpt2 {
                 .zip(outs)
                 .zip(caches)
                 .for_each(|((p, out), cache)| {
+                    let rows = &qkv_ref[p.row * 3 * c..][..p.n * 3 * c];
+                    for (i, r) in rows.chunks_exact(3 * c).enumerate() {
+                        cache.write(l, p.pos0 + i, &r[c..2 * c], &r[2 * c..]);
+                    }
                     let q = &qkv_ref[p.row * 3 * c..];
                     ops::causal_attention(k, q, 3 * c, cache, l, p.pos0, nh, hd, out, alone);
                 });

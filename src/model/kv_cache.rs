@@ -7,6 +7,9 @@
 //! (half the memory and bandwidth of F32; F32 is selectable).
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
+
+use crate::kernels::prefetch::{prefetch_range, Level};
 
 /// The element type of a KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +62,8 @@ pub struct KvCache {
     capacity: usize,
     len: usize,
     data: Data,
+    /// A position's key and value rows in f16, on their way in.
+    row: Vec<f16>,
 }
 
 impl KvCache {
@@ -89,6 +94,10 @@ impl KvCache {
             capacity,
             len: 0,
             data,
+            row: match ty {
+                KvType::F16 => vec![f16::ZERO; 2 * n_head * head_dim],
+                KvType::F32 => Vec::new(),
+            },
         }
     }
 
@@ -151,24 +160,6 @@ impl KvCache {
         assert!(k.len() == nh * hd && v.len() == nh * hd, "row length");
         let block = self.block();
         let base = layer * nh * block;
-        fn put<E: Copy>(
-            kd: &mut [E],
-            vd: &mut [E],
-            k: &[f32],
-            v: &[f32],
-            at: Layout,
-            f: fn(f32) -> E,
-        ) {
-            for (h, (kh, vh)) in k.chunks_exact(at.hd).zip(v.chunks_exact(at.hd)).enumerate() {
-                let b = at.base + h * at.block;
-                for (d, &x) in kh.iter().enumerate() {
-                    kd[b + d * at.cap + at.pos] = f(x);
-                }
-                for (o, &x) in vd[b + at.pos * at.hd..][..at.hd].iter_mut().zip(vh) {
-                    *o = f(x);
-                }
-            }
-        }
         let at = Layout {
             base,
             block,
@@ -177,9 +168,33 @@ impl KvCache {
             pos,
         };
         match &mut self.data {
-            Data::F16 { k: kd, v: vd } => put(kd, vd, k, v, at, f16::from_f32),
-            Data::F32 { k: kd, v: vd } => put(kd, vd, k, v, at, |x| x),
+            Data::F16 { k: kd, v: vd } => {
+                // Whole rows converted at once (vectorized), then stored.
+                let (kh, vh) = self.row.split_at_mut(k.len());
+                kh.convert_from_f32_slice(k);
+                vh.convert_from_f32_slice(v);
+                put(kd, vd, kh, vh, at);
+            }
+            Data::F32 { k: kd, v: vd } => put(kd, vd, k, v, at),
         }
+    }
+
+    /// Asks the memory system for what attention reads first from one head of `layer`: keys
+    /// and values of positions 0..n (a hint only: nothing changes if it is ignored).
+    pub(crate) fn prefetch(&self, layer: usize, head: usize, n: usize) {
+        let n = n.min(self.capacity);
+        let (kt, v, size) = match self.head(layer, head) {
+            KvHead::F16 { kt, v } => (kt.as_ptr().cast::<u8>(), v.as_ptr().cast::<u8>(), 2),
+            KvHead::F32 { kt, v } => (kt.as_ptr().cast::<u8>(), v.as_ptr().cast::<u8>(), 4),
+        };
+        for d in 0..self.head_dim {
+            prefetch_range(
+                kt.wrapping_add(d * self.capacity * size),
+                n * size,
+                Level::L2,
+            );
+        }
+        prefetch_range(v, n * self.head_dim * size, Level::L2);
     }
 
     /// Keys (transposed) and values of one head of `layer`.
@@ -200,6 +215,18 @@ impl KvCache {
                 v: &v[r],
             },
         }
+    }
+}
+
+/// Stores one position's key row (transposed: one value per row of `capacity` positions) and
+/// value row of every head.
+fn put<E: Copy>(kd: &mut [E], vd: &mut [E], k: &[E], v: &[E], at: Layout) {
+    for (h, (kh, vh)) in k.chunks_exact(at.hd).zip(v.chunks_exact(at.hd)).enumerate() {
+        let b = at.base + h * at.block;
+        for (d, &x) in kh.iter().enumerate() {
+            kd[b + d * at.cap + at.pos] = x;
+        }
+        vd[b + at.pos * at.hd..][..at.hd].copy_from_slice(vh);
     }
 }
 

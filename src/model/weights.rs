@@ -46,6 +46,12 @@ impl Matrix {
         &file[start..start + self.row_bytes]
     }
 
+    /// The bytes of rows `r..r + n`, which follow each other.
+    pub fn rows<'a>(&self, file: &'a [u8], r: usize, n: usize) -> &'a [u8] {
+        let start = self.offset + r * self.row_bytes;
+        &file[start..start + n * self.row_bytes]
+    }
+
     /// Bytes per row.
     pub fn row_bytes(&self) -> usize {
         self.row_bytes

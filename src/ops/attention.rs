@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::attend::{Attend, AttendFn, KvElem, MAX_HEAD_DIM, QUERIES};
+use crate::kernels::attend::{Attend, AttendFn, KvElem, KEYS, MAX_HEAD_DIM, QUERIES};
 use crate::kernels::Kernels;
 use crate::model::{KvCache, KvHead};
 
@@ -74,7 +74,14 @@ pub fn causal_attention(
         }
     };
     if t <= QUERIES && !split_heads {
+        // Each head's first block of keys and values is asked for while the previous head runs
+        // (the kernels ask for later blocks themselves).
+        let first = (pos0 + t).min(KEYS);
+        cache.prefetch(layer, 0, first);
         for h in 0..n_head {
+            if h + 1 < n_head {
+                cache.prefetch(layer, h + 1, first);
+            }
             run(h, 0, t, &mut out[h * head_dim..], n_embd);
         }
         return;

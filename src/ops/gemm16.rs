@@ -87,49 +87,55 @@ pub(super) fn linear<W: W16Source>(
         });
 }
 
+/// Activation groups of eight rows per call of the small-batch kernel.
+const MAX_GROUPS: usize = 4;
+
 /// `out[j] = W · x[j] + bias` for small batches: sixteen rows at a time go to a kernel that
-/// regroups them in registers (no stored panel), eight activation rows a call.
+/// regroups them in registers (no stored panel) once for up to four groups of eight activation
+/// rows. `act` holds the t rows followed by zero rows up to a multiple of eight.
 pub(super) fn linear_rows<W: W16Source>(
     file: &[u8],
     w: &Matrix,
     act: &[BlockQ8Act],
+    t: usize,
     bias: Option<&[f32]>,
     (dot, gemm): (DotFn<W, BlockQ8Act>, Gemm16RowsFn<W>),
     out: &mut [f32],
 ) {
     let (nb, n_out) = (w.n_in / 32, w.n_out);
-    let t = act.len() / nb;
-    let cols = Padded::new(act, nb);
-    let row = |r: usize| -> &[W] {
-        blocks(w.row(file, r)).expect("row length is a whole number of blocks (checked at load)")
-    };
+    assert_eq!(
+        act.len(),
+        t.next_multiple_of(8) * nb,
+        "activations padded to groups of 8"
+    );
     let per_task = rows_per_task(n_out).next_multiple_of(PANEL_ROWS);
     let out = Columns::new(out, t, n_out);
+    let slab = |r: usize, n: usize| -> &[W] {
+        blocks(w.rows(file, r, n)).expect("rows are whole numbers of blocks (checked at load)")
+    };
     (0..n_out.div_ceil(per_task))
         .into_par_iter()
         .for_each(|task| {
             let r0 = task * per_task;
             let n = per_task.min(n_out - r0);
             let full = n / PANEL_ROWS * PANEL_ROWS;
-            let mut tile = [[0.0f32; 16]; COLS];
-            // Column groups built once per task, not per call.
-            let groups: Vec<[&[BlockQ8Act]; COLS]> =
-                (0..t).step_by(COLS).map(|c0| cols.group(c0)).collect();
+            let mut tiles = [[[0.0f32; 16]; 8]; MAX_GROUPS];
             for r in (r0..r0 + full).step_by(PANEL_ROWS) {
-                let rows: [&[W]; PANEL_ROWS] = std::array::from_fn(|i| row(r + i));
-                for (g, cols) in groups.iter().enumerate() {
-                    let c0 = g * COLS;
-                    gemm(&rows, cols, &mut tile);
-                    for (c, v) in tile.iter().enumerate().take(t - c0) {
+                let rows = slab(r, PANEL_ROWS);
+                for c0 in (0..t).step_by(8 * MAX_GROUPS) {
+                    let groups = (t - c0).div_ceil(8).min(MAX_GROUPS);
+                    let tiles = &mut tiles[..groups];
+                    gemm(rows, nb, &act[c0 * nb..(c0 + 8 * groups) * nb], tiles);
+                    for (c, v) in tiles.iter().flatten().enumerate().take(t - c0) {
                         // SAFETY: rows r..r + 16 belong to this task alone.
                         unsafe { out.put_run(c0 + c, r, v, bias) };
                     }
                 }
             }
             for r in r0 + full..r0 + n {
-                let wr = row(r);
+                let wr = slab(r, 1);
                 // SAFETY: row r belongs to this task alone.
-                unsafe { out.put_row(r, bias, |j| dot(wr, cols.row(j))) };
+                unsafe { out.put_row(r, bias, |j| dot(wr, &act[j * nb..(j + 1) * nb])) };
             }
         });
 }

@@ -160,8 +160,10 @@ fn batched(
     }
     if let (GgmlType::Q8_0, Some(g)) = (w.ty, k.gemm16_rows_q8_0) {
         quantize_rows(k, x, w.n_in, &mut s.q8);
+        // Zero rows up to a whole group of eight.
+        s.q8.resize(t.next_multiple_of(8) * (w.n_in / 32), BlockQ8Act::default());
         let act = &s.q8;
-        super::gemm16::linear_rows::<BlockQ8_0>(file, w, act, bias, (k.dot_q8_0, g), out);
+        super::gemm16::linear_rows::<BlockQ8_0>(file, w, act, t, bias, (k.dot_q8_0, g), out);
         return true;
     }
     let (q8, q8x4) = (&mut s.q8, &mut s.q8x4);

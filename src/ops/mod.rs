@@ -19,12 +19,20 @@ use crate::kernels::Kernels;
 /// Values per rayon task of the elementwise operations.
 const ELEMENTWISE_CHUNK: usize = 16 * 1024;
 
-/// GELU, tanh approximation (GPT-2's `gelu_new`), in place; in parallel chunks from a few
-/// chunks on (below that, waking the pool costs more than the work).
+/// GELU, tanh approximation (GPT-2's `gelu_new`), in place; split over the threads above one
+/// chunk (below that, waking the pool costs more than the work).
 pub fn gelu(k: &Kernels, x: &mut [f32]) {
     use rayon::prelude::*;
-    if x.len() <= 4 * ELEMENTWISE_CHUNK {
+    if x.len() <= ELEMENTWISE_CHUNK {
         (k.gelu)(x);
+    } else if x.len() <= 4 * ELEMENTWISE_CHUNK {
+        // One even share per thread (a batch of 16 rows of 3072 on 2 threads: 2 × 24 K values).
+        let share = x
+            .len()
+            .div_ceil(rayon::current_num_threads())
+            .next_multiple_of(64);
+        x.par_chunks_mut(share.max(ELEMENTWISE_CHUNK))
+            .for_each(k.gelu);
     } else {
         x.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(k.gelu);
     }

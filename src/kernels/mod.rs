@@ -186,7 +186,9 @@ pub struct Kernels {
     pub attend_f16: attend::AttendFn<half::f16>,
 }
 
-/// The attention entries of an ISA level: `attend::attend` compiled for `$features`.
+/// The attention entries of an ISA level: `attend::attend` compiled for `$features` (used by the
+/// x86 levels; NEON's attention runs the portable loops with FMA).
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_macros))]
 macro_rules! attend_entries {
     ($features:literal, $widen:ty) => {
         /// Attention over an F32 cache at this level's vector width.

@@ -739,6 +739,28 @@ async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
                     "{}",
                     status.message()
                 );
+                // The same facts as structured details.
+                use tonic_types::StatusExt;
+                let info = status.get_details_error_info().expect("ErrorInfo details");
+                assert_eq!(
+                    (info.reason.as_str(), info.domain.as_str()),
+                    ("QUEUE_FULL", "qgpt")
+                );
+                let field = |k: &str| -> u64 {
+                    info.metadata[k]
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{k}: {e}"))
+                };
+                let max_queued = field("max_queued");
+                assert!(field("queue_length") <= max_queued, "{info:?}");
+                assert!(field("running") <= 1, "{info:?}");
+                let wait = status.get_details_retry_info().expect("RetryInfo details");
+                let delay = wait.retry_delay.expect("a retry delay");
+                assert_eq!(
+                    delay.as_millis() as u64,
+                    field("estimated_wait_ms"),
+                    "{info:?}"
+                );
                 refused += 1;
             }
         }
@@ -1115,8 +1137,30 @@ async fn batched_requests_match_their_solo_runs() {
     server.shutdown().await;
 }
 
+/// Gaps between a stream's messages after the first (its inter-token latencies), and the time
+/// from the first message to the last.
+async fn stream_gaps(
+    c: &mut TextGenerationClient<Channel>,
+    req: pb::GenerateRequest,
+) -> (Vec<Duration>, Duration) {
+    let mut s = c.generate_stream(req).await.unwrap().into_inner();
+    let mut times = Vec::new();
+    while let Some(m) = s.next().await {
+        m.unwrap();
+        times.push(Instant::now());
+    }
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    (gaps, times[times.len() - 1] - times[0])
+}
+
+/// The q-quantile of `v` (sorted in place).
+fn quantile(v: &mut [Duration], q: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
 /// A client that stops reading fills its stream buffer and is cancelled with RESOURCE_EXHAUSTED;
-/// the others go on.
+/// the others go on, their inter-token latencies as they are beside a client that reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_cancelled_without_stalling_the_batch() {
     let batching = Batching {
@@ -1133,24 +1177,28 @@ async fn a_slow_reader_is_cancelled_without_stalling_the_batch() {
         .await
         .unwrap();
     let mut slow_client = TextGenerationClient::new(small_window);
-    let req = pb::GenerateRequest {
+    // Large messages (log-probabilities), so the window fills after a few.
+    let heavy = pb::GenerateRequest {
         logprobs: 20,
         ..text_request("Hello", 120)
     };
+    let mut c = server.client().await;
+
+    // Baseline: a normal stream (small messages) beside the same heavy request, read.
+    let mut c2 = c.clone();
+    let req = heavy.clone();
+    let companion = tokio::spawn(async move { stream_all(&mut c2, req).await });
+    let (mut alone, alone_total) = stream_gaps(&mut c, text_request("Hello", 120)).await;
+    assert_eq!(companion.await.unwrap().unwrap().len(), 121);
+
+    // The same beside a client that does not read.
     let mut slow = slow_client
-        .generate_stream(req.clone())
+        .generate_stream(heavy.clone())
         .await
         .unwrap()
         .into_inner();
-    // Meanwhile a normal client (small messages: no log-probabilities) streams to the end.
-    let mut c = server.client().await;
-    let msgs = stream_all(&mut c, text_request("Hello", 120))
-        .await
-        .unwrap();
-    assert_eq!(
-        msgs.last().unwrap().finish_reason,
-        FinishReason::Length as i32
-    );
+    let (mut beside, beside_total) = stream_gaps(&mut c, text_request("Hello", 120)).await;
+    assert_eq!(beside.len(), alone.len());
     // Now read the slow stream: some tokens, then the status.
     let mut n = 0;
     let status = loop {
@@ -1166,6 +1214,21 @@ async fn a_slow_reader_is_cancelled_without_stalling_the_batch() {
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("did not read"), "{status:?}");
     assert!(n < 120, "{n} tokens");
+
+    // Within noise: a stalled batch would stretch the gaps until the slow reader's cancellation.
+    let margin = Duration::from_millis(2);
+    for q in [0.5, 0.9] {
+        let (a, b) = (quantile(&mut alone, q), quantile(&mut beside, q));
+        assert!(
+            b <= a * 3 / 2 + margin,
+            "p{}: {b:?} beside a slow reader, {a:?} without",
+            q * 100.0
+        );
+    }
+    assert!(
+        beside_total <= alone_total * 3 / 2 + Duration::from_millis(100),
+        "{beside_total:?} beside a slow reader, {alone_total:?} without"
+    );
     server.shutdown().await;
 }
 

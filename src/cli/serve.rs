@@ -44,6 +44,11 @@ pub struct Args {
     /// how long a step, and so everyone's inter-token latency, can get while prompts arrive).
     #[arg(long, env = "QGPT_MAX_BATCH_TOKENS", default_value_t = 512)]
     max_batch_tokens: usize,
+    /// Prompt tokens a step may carry while other requests are decoding: bounds their
+    /// inter-token latency while prompts arrive (steps with no one decoding use all of
+    /// --max-batch-tokens)
+    #[arg(long, env = "QGPT_MAX_PREFILL_WHILE_DECODING", default_value_t = 16)]
+    max_prefill_while_decoding: usize,
     /// Messages a stream may leave unread before its request is cancelled as a slow reader.
     #[arg(long, env = "QGPT_STREAM_BUFFER", default_value_t = 256)]
     stream_buffer: usize,
@@ -150,6 +155,7 @@ pub fn run(args: Args) -> Result<(), CliError> {
             max_running: args.max_running,
             kv_cache_tokens: args.kv_cache_tokens,
             max_batch_tokens: args.max_batch_tokens,
+            max_prefill_while_decoding: args.max_prefill_while_decoding,
             stream_buffer: args.stream_buffer,
         },
         tls: match (args.tls_cert, args.tls_key) {

@@ -9,17 +9,24 @@ mod scheduler;
 
 pub(crate) use messages::{plain_token, token_text};
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::generate::GenerateOptions;
 use crate::model::LoadedModel;
 use crate::server::pb;
+
+/// `google.rpc.ErrorInfo.reason` of a refusal because the queue is full.
+pub const QUEUE_FULL: &str = "QUEUE_FULL";
+/// `google.rpc.ErrorInfo.domain` of qgpt's errors.
+pub const ERROR_DOMAIN: &str = "qgpt";
 
 /// What a request's stream receives: responses, or one error that ends it.
 pub type Event = Result<pb::GenerateResponse, Status>;
@@ -63,6 +70,9 @@ pub struct EngineConfig {
     pub kv_cache_tokens: usize,
     /// Tokens per forward step: every decoding request's one token, then prompt chunks.
     pub max_batch_tokens: usize,
+    /// Prompt tokens per step while some request is decoding (steps with none use all of
+    /// `max_batch_tokens`): a step's prompt tokens lengthen it for every decoding request.
+    pub max_prefill_while_decoding: usize,
     /// `max_new_tokens` when a request leaves it 0.
     pub default_max_new_tokens: u32,
     /// Messages a stream may have unread before its request is cancelled as a slow reader.
@@ -132,18 +142,34 @@ impl Engine {
         }
     }
 
-    /// RESOURCE_EXHAUSTED with the queue length and an estimate of the wait.
+    /// RESOURCE_EXHAUSTED with the queue length and an estimate of the wait, in the message and
+    /// as structured details (`google.rpc.RetryInfo` with the wait, `google.rpc.ErrorInfo` with
+    /// reason `QUEUE_FULL`, domain `qgpt`, and metadata `queue_length`, `max_queued`, `running`,
+    /// `estimated_wait_ms`), which gRPC clients read without parsing the message.
     fn overloaded(&self) -> Status {
         let s = &self.state;
         let queued = s.queued.load(Ordering::SeqCst);
         let running = s.running.load(Ordering::SeqCst);
         let avg_ms = s.avg_run_us.load(Ordering::SeqCst) as f64 / 1e3;
         // The queue empties at about max_running requests per average request time.
-        let wait_ms = avg_ms * (queued as f64 + 1.0) / self.config.max_running.max(1) as f64;
-        Status::resource_exhausted(format!(
+        let wait_ms =
+            (avg_ms * (queued as f64 + 1.0) / self.config.max_running.max(1) as f64).round() as u64;
+        let message = format!(
             "the queue is full: {queued} requests waiting (limit {}, flag --max-queued), \
-             {running} running; estimated wait {wait_ms:.0} ms; retry later",
+             {running} running; estimated wait {wait_ms} ms; retry later",
             self.config.max_queued,
-        ))
+        );
+        let metadata: HashMap<String, String> = [
+            ("queue_length", queued.to_string()),
+            ("max_queued", self.config.max_queued.to_string()),
+            ("running", running.to_string()),
+            ("estimated_wait_ms", wait_ms.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut details = ErrorDetails::with_retry_info(Some(Duration::from_millis(wait_ms)));
+        details.set_error_info(QUEUE_FULL, ERROR_DOMAIN, metadata);
+        Status::with_error_details(Code::ResourceExhausted, message, details)
     }
 }

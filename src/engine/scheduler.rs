@@ -3,8 +3,9 @@
 //!    (the head of the queue waits for room; nothing behind it overtakes it, so none starves);
 //! 2. ends requests whose client has gone, whose deadline has passed, or that the drain cancels;
 //! 3. plans one forward pass of at most `max_batch_tokens` tokens: one token for every request
-//!    that is decoding, then prompt chunks for those in prefill, oldest first (a long prompt is
-//!    spread over several steps instead of freezing everyone's decode);
+//!    that is decoding, then prompt chunks for those in prefill, oldest first, at most
+//!    `max_prefill_while_decoding` of them while anyone decodes (a long prompt is spread over
+//!    several steps instead of freezing everyone's decode);
 //! 4. runs it as one batched forward (each weight matrix read once for all of them);
 //! 5. samples for every request that got logits and streams the token at once.
 
@@ -132,6 +133,10 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 budget -= 1;
             }
         }
+        let decoding = parts.len();
+        if decoding > 0 {
+            budget = budget.min(cfg.max_prefill_while_decoding);
+        }
         for (index, r) in running.iter().enumerate() {
             let left = r.prompt.len() - r.done;
             if !r.ended && left > 0 && budget > 0 {
@@ -147,7 +152,16 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
 
         // 4. One batched forward pass.
         if !parts.is_empty() {
-            if let Err(status) = forward(m, &mut running, &parts, &mut scratch) {
+            let started = Instant::now();
+            let result = forward(m, &mut running, &parts, &mut scratch);
+            tracing::trace!(
+                target: "qgpt::engine::step",
+                decoding,
+                prompt_tokens = parts[decoding..].iter().map(|p| p.n).sum::<usize>(),
+                forward_us = started.elapsed().as_micros() as u64,
+                "step"
+            );
+            if let Err(status) = result {
                 for p in &parts {
                     let r = &mut running[p.index];
                     let _ = r.tx.try_send(Err(status.clone()));

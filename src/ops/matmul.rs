@@ -144,7 +144,7 @@ fn batched(
         super::gemm_f32::linear(k, file, w, x, bias, out);
         return true;
     }
-    if let (Some(g), true) = (k.gemm16, super::gemm16::applies(k, t)) {
+    if let (Some(g), true) = (k.gemm16, super::gemm16::applies(k, w.ty, t)) {
         use super::gemm16::linear as gemm16;
         if !matches!(w.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1) {
             return false;

@@ -39,6 +39,10 @@ pub struct Batching {
     pub kv_cache_tokens: usize,
     /// Tokens per forward step (decode tokens first, then prompt chunks); at least max_running.
     pub max_batch_tokens: usize,
+    /// Prompt tokens a step may carry while requests are decoding (bounds their inter-token
+    /// latency while prompts arrive); steps with no decoding request use all of
+    /// max_batch_tokens.
+    pub max_prefill_while_decoding: usize,
     /// Messages a stream may leave unread before its request is cancelled as a slow reader.
     pub stream_buffer: usize,
 }
@@ -49,6 +53,7 @@ impl Default for Batching {
             max_running: 16,
             kv_cache_tokens: 0,
             max_batch_tokens: 512,
+            max_prefill_while_decoding: 16,
             stream_buffer: 256,
         }
     }

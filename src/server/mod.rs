@@ -156,6 +156,7 @@ pub async fn serve_on(
         max_running = engine.config.max_running,
         kv_cache_tokens = engine.config.kv_cache_tokens,
         max_batch_tokens = engine.config.max_batch_tokens,
+        max_prefill_while_decoding = engine.config.max_prefill_while_decoding,
         max_queued = engine.config.max_queued,
         "engine started"
     );
@@ -221,6 +222,13 @@ fn engine_config(c: &ServeConfig, n_ctx: usize) -> Result<EngineConfig, ServeErr
             b.max_batch_tokens, b.max_running
         )));
     }
+    if b.max_prefill_while_decoding == 0 {
+        return Err(ServeError::Config(
+            "--max-prefill-while-decoding must be at least 1: prompts would wait for every \
+             decoding request to finish"
+                .into(),
+        ));
+    }
     if b.stream_buffer == 0 {
         return Err(ServeError::Config(
             "--stream-buffer must be at least 1".into(),
@@ -240,6 +248,7 @@ fn engine_config(c: &ServeConfig, n_ctx: usize) -> Result<EngineConfig, ServeErr
         max_running: b.max_running,
         kv_cache_tokens: kv,
         max_batch_tokens: b.max_batch_tokens,
+        max_prefill_while_decoding: b.max_prefill_while_decoding,
         default_max_new_tokens: c.limits.default_max_new_tokens,
         stream_buffer: b.stream_buffer,
     })

@@ -148,7 +148,9 @@ impl Engine {
     /// `estimated_wait_ms`), which gRPC clients read without parsing the message.
     fn overloaded(&self) -> Status {
         let s = &self.state;
-        let queued = s.queued.load(Ordering::SeqCst);
+        // The counter also holds other submissions racing this one (counted before they try the
+        // queue): the queue itself holds at most max_queued.
+        let queued = s.queued.load(Ordering::SeqCst).min(self.config.max_queued);
         let running = s.running.load(Ordering::SeqCst);
         let avg_ms = s.avg_run_us.load(Ordering::SeqCst) as f64 / 1e3;
         // The queue empties at about max_running requests per average request time.

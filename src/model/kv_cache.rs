@@ -9,6 +9,7 @@
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
+use super::kv_buf::KvBuf;
 use crate::kernels::prefetch::{prefetch_range, Level};
 
 /// The element type of a KV cache.
@@ -41,8 +42,8 @@ impl KvType {
 
 #[derive(Debug, Clone)]
 enum Data {
-    F16 { k: Vec<f16>, v: Vec<f16> },
-    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: KvBuf<f16>, v: KvBuf<f16> },
+    F32 { k: KvBuf<f32>, v: KvBuf<f32> },
 }
 
 /// One head of one layer: keys transposed (`head_dim` × `capacity`), values (`capacity` ×
@@ -77,17 +78,17 @@ impl KvCache {
         ty: KvType,
     ) -> Self {
         let n = n_layer * n_head * head_dim * capacity;
-        // Zeroed allocations (calloc): fresh pages cost nothing until written, so admitting a
-        // request does not stall the batch while megabytes are cleared (measured: 2 ms for 144
-        // positions of GPT-2 124M, 7 ms for 513, when written out).
+        // Fresh zero pages (`KvBuf`): admitting a request does not stall the batch while
+        // megabytes are cleared (measured when they were written out: 2 ms for 144 positions of
+        // GPT-2 124M, 7 ms for 513).
         let data = match ty {
             KvType::F16 => Data::F16 {
-                k: bytemuck::zeroed_vec(n),
-                v: bytemuck::zeroed_vec(n),
+                k: KvBuf::zeroed(n),
+                v: KvBuf::zeroed(n),
             },
             KvType::F32 => Data::F32 {
-                k: bytemuck::zeroed_vec(n),
-                v: bytemuck::zeroed_vec(n),
+                k: KvBuf::zeroed(n),
+                v: KvBuf::zeroed(n),
             },
         };
         Self {
@@ -176,9 +177,9 @@ impl KvCache {
                 let (kh, vh) = self.row.split_at_mut(k.len());
                 kh.convert_from_f32_slice(k);
                 vh.convert_from_f32_slice(v);
-                put(kd, vd, kh, vh, at);
+                put(kd.as_mut_slice(), vd.as_mut_slice(), kh, vh, at);
             }
-            Data::F32 { k: kd, v: vd } => put(kd, vd, k, v, at),
+            Data::F32 { k: kd, v: vd } => put(kd.as_mut_slice(), vd.as_mut_slice(), k, v, at),
         }
     }
 
@@ -210,12 +211,12 @@ impl KvCache {
         let r = (layer * self.n_head + head) * block..(layer * self.n_head + head + 1) * block;
         match &self.data {
             Data::F16 { k, v } => KvHead::F16 {
-                kt: &k[r.clone()],
-                v: &v[r],
+                kt: &k.as_slice()[r.clone()],
+                v: &v.as_slice()[r],
             },
             Data::F32 { k, v } => KvHead::F32 {
-                kt: &k[r.clone()],
-                v: &v[r],
+                kt: &k.as_slice()[r.clone()],
+                v: &v.as_slice()[r],
             },
         }
     }

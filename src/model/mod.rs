@@ -4,6 +4,7 @@ mod batch;
 mod config;
 mod error;
 mod gpt2;
+mod kv_buf;
 mod kv_cache;
 mod loaded;
 mod weights;

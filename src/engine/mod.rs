@@ -4,6 +4,7 @@
 //! those decoding, a prompt chunk for those in prefill) and streams every sampled token at once.
 //! Tokio's threads only move messages: no model work runs on them.
 
+mod kv_pool;
 mod messages;
 mod scheduler;
 

@@ -19,6 +19,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use tonic::Status;
 
+use super::kv_pool::KvPool;
 use super::messages::{finish_reason, plain_token, token_message, Times};
 use super::{EngineConfig, EngineState, Event, Job, Prompt};
 use crate::generate::{CancelCheck, FinishReason, GenerateError};
@@ -73,6 +74,9 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
     let mut running: Vec<Running> = Vec::new();
     let mut held: Option<Ready> = None;
     let mut kv_used = 0usize;
+    // Freed caches kept for reuse, within the KV budget in bytes.
+    let per_position = 2 * m.model.cache_elements(1) * m.model.kv_type().size();
+    let mut pool = KvPool::new(cfg.kv_cache_tokens.saturating_mul(per_position));
     loop {
         // 1. Admission.
         while running.len() < cfg.max_running {
@@ -103,7 +107,7 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 held = Some(ready);
                 break;
             }
-            if let Some(r) = admit(m, ready, &state) {
+            if let Some(r) = admit(m, ready, &state, &running, &mut pool) {
                 kv_used += r.reserve;
                 running.push(r);
                 state.running.store(running.len(), Ordering::SeqCst);
@@ -198,13 +202,17 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 }
             });
 
-        // Release what ended.
-        running.retain(|r| {
-            if r.ended {
+        // Release what ended; keep its cache's memory for the next requests.
+        let mut i = 0;
+        while i < running.len() {
+            if running[i].ended {
+                let r = running.remove(i);
                 kv_used -= r.reserve;
+                pool.put(r.cache.into_memory(), in_use(&running));
+            } else {
+                i += 1;
             }
-            !r.ended
-        });
+        }
         state.running.store(running.len(), Ordering::SeqCst);
         state.kv_tokens_used.store(kv_used as u64, Ordering::SeqCst);
     }
@@ -282,8 +290,20 @@ fn prepare(m: &LoadedModel, job: Job, cfg: &EngineConfig, state: &EngineState) -
     })
 }
 
-/// Starts `ready`: its session, cache and logits buffer; None if it was refused or has ended.
-fn admit(m: &LoadedModel, ready: Ready, state: &Arc<EngineState>) -> Option<Running> {
+/// Bytes of the KV caches of `running`.
+fn in_use(running: &[Running]) -> usize {
+    running.iter().map(|r| r.cache.bytes()).sum()
+}
+
+/// Starts `ready`: its session, cache (on kept memory when some fits) and logits buffer; None if
+/// it was refused or has ended.
+fn admit(
+    m: &LoadedModel,
+    ready: Ready,
+    state: &Arc<EngineState>,
+    running: &[Running],
+    pool: &mut KvPool,
+) -> Option<Running> {
     let Ready {
         mut job,
         prompt,
@@ -309,6 +329,13 @@ fn admit(m: &LoadedModel, ready: Ready, state: &Arc<EngineState>) -> Option<Runn
             return None;
         }
     };
+    let memory = pool.take(m.model.cache_elements(reserve));
+    if memory.is_none() {
+        // Fresh memory: first drop kept memory that would no longer fit beside it.
+        let bytes = 2 * m.model.cache_elements(reserve) * m.model.kv_type().size();
+        pool.make_room(in_use(running) + bytes);
+    }
+    let cache = m.model.new_cache_in(reserve, m.model.kv_type(), memory);
     let now = Instant::now();
     let mut r = Running {
         echo: job
@@ -316,7 +343,7 @@ fn admit(m: &LoadedModel, ready: Ready, state: &Arc<EngineState>) -> Option<Runn
             .then(|| prompt.iter().map(|&id| plain_token(tok, id)).collect()),
         request_id: job.request_id,
         tx: job.tx,
-        cache: m.model.new_cache(reserve),
+        cache,
         logits: vec![0.0; c.n_vocab],
         prompt,
         done: 0,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Gpt2Config, Gpt2Weights, KvCache, KvType, ModelError};
+use super::{Gpt2Config, Gpt2Weights, KvCache, KvMemory, KvType, ModelError};
 use crate::gguf::GgufFile;
 use crate::kernels::{self, Kernels};
 use crate::ops;
@@ -150,13 +150,30 @@ impl Gpt2 {
 
     /// A KV cache of `ty` elements for `capacity` positions (capped at the trained context).
     pub fn new_cache_typed(&self, capacity: usize, ty: KvType) -> KvCache {
+        self.new_cache_in(capacity, ty, None)
+    }
+
+    /// Keys (and as many values) a cache for `capacity` positions holds.
+    pub fn cache_elements(&self, capacity: usize) -> usize {
         let cfg = &self.config;
-        KvCache::new(
+        KvCache::elements_for(
+            cfg.n_layer,
+            cfg.n_head,
+            cfg.head_dim(),
+            capacity.min(cfg.n_ctx),
+        )
+    }
+
+    /// [`Gpt2::new_cache_typed`] on the memory of a finished cache when it fits.
+    pub fn new_cache_in(&self, capacity: usize, ty: KvType, memory: Option<KvMemory>) -> KvCache {
+        let cfg = &self.config;
+        KvCache::with_memory(
             cfg.n_layer,
             cfg.n_head,
             cfg.head_dim(),
             capacity.min(cfg.n_ctx),
             ty,
+            memory,
         )
     }
 

@@ -1,21 +1,22 @@
 //! Zero-filled buffers for the KV caches, mapped straight from the kernel: pages cost nothing
-//! until written (admitting a request clears nothing on the engine thread), and the mapping asks
-//! for transparent huge pages — attention reads 64 key rows far apart for every head, which with
-//! 4 KiB pages cost a TLB entry each.
+//! until written, so admitting a request clears nothing on the engine thread.
+//!
+//! No transparent huge pages: with them (`madvise`), a fresh cache's first write made the kernel
+//! compact memory for 2 MiB pages inside the forward pass (measured on GPT-2 124M, 2 threads: a
+//! step that started a request took 28–32 ms instead of 9), more than the few per cent that
+//! fewer TLB misses gave attention.
 
 use std::marker::PhantomData;
 
 use bytemuck::Pod;
 use memmap2::MmapMut;
 
-/// Alignment that lets whole 2 MiB pages back the buffer.
-const HUGE_PAGE: usize = 2 << 20;
-
-/// `len` values of `T`, all zero at first.
+/// `len` values of `T`, all zero at first (or, when reused, whatever the last user left).
 pub(crate) struct KvBuf<T> {
     map: MmapMut,
-    offset: usize,
     len: usize,
+    /// Values allocated (`len` may be less after [`KvBuf::reuse`]).
+    cap: usize,
     _t: PhantomData<T>,
 }
 
@@ -24,35 +25,43 @@ impl<T: Pod> KvBuf<T> {
     /// allocation would.
     pub(crate) fn zeroed(len: usize) -> Self {
         let bytes = len * std::mem::size_of::<T>();
-        // Room to start at a 2 MiB boundary when the buffer spans at least one huge page; the
-        // slack is address space only, never touched.
-        let slack = if bytes >= HUGE_PAGE { HUGE_PAGE } else { 0 };
-        let map = MmapMut::map_anon((bytes + slack).max(1))
+        let map = MmapMut::map_anon(bytes.max(1))
             .unwrap_or_else(|e| panic!("allocating {bytes} bytes for a KV cache: {e}"));
-        let offset = map.as_ptr().align_offset(HUGE_PAGE).min(slack);
-        #[cfg(target_os = "linux")]
-        {
-            // A hint: without transparent huge pages (or with them off) nothing changes.
-            let _ = map.advise(memmap2::Advice::HugePage);
-        }
         Self {
             map,
-            offset,
             len,
+            cap: len,
             _t: PhantomData,
         }
+    }
+
+    /// Values the mapping has room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The same memory as a buffer of `len` values (at most [`KvBuf::capacity`]), holding what
+    /// it held. Panics if `len` does not fit.
+    pub(crate) fn reuse(mut self, len: usize) -> Self {
+        assert!(
+            len <= self.capacity(),
+            "{len} values > capacity {}",
+            self.capacity()
+        );
+        self.len = len;
+        self
     }
 
     /// The values.
     pub(crate) fn as_slice(&self) -> &[T] {
         let bytes = self.len * std::mem::size_of::<T>();
-        bytemuck::cast_slice(&self.map[self.offset..self.offset + bytes])
+        bytemuck::cast_slice(&self.map[..bytes])
     }
 
     /// The values, writable.
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
         let bytes = self.len * std::mem::size_of::<T>();
-        bytemuck::cast_slice_mut(&mut self.map[self.offset..self.offset + bytes])
+        bytemuck::cast_slice_mut(&mut self.map[..bytes])
     }
 }
 

@@ -67,6 +67,36 @@ pub struct KvCache {
     row: Vec<f16>,
 }
 
+/// The memory of a cache that is no longer used, to build another on: fresh pages are cleared
+/// by the kernel on first write, a cost paid inside the forward pass.
+#[derive(Debug)]
+pub struct KvMemory {
+    data: Data,
+}
+
+impl KvMemory {
+    /// Keys (and as many values) the memory has room for.
+    pub fn elements(&self) -> usize {
+        match &self.data {
+            Data::F16 { k, .. } => k.capacity(),
+            Data::F32 { k, .. } => k.capacity(),
+        }
+    }
+
+    /// The element type.
+    pub fn kv_type(&self) -> KvType {
+        match self.data {
+            Data::F16 { .. } => KvType::F16,
+            Data::F32 { .. } => KvType::F32,
+        }
+    }
+
+    /// Bytes of keys and values.
+    pub fn bytes(&self) -> usize {
+        2 * self.elements() * self.kv_type().size()
+    }
+}
+
 impl KvCache {
     /// A cache for `capacity` positions of a model with `n_layer` layers of `n_head` heads of
     /// `head_dim` values, holding `ty` elements.
@@ -77,16 +107,46 @@ impl KvCache {
         capacity: usize,
         ty: KvType,
     ) -> Self {
-        let n = n_layer * n_head * head_dim * capacity;
-        // Fresh zero pages (`KvBuf`): admitting a request does not stall the batch while
-        // megabytes are cleared (measured when they were written out: 2 ms for 144 positions of
-        // GPT-2 124M, 7 ms for 513).
-        let data = match ty {
-            KvType::F16 => Data::F16 {
+        Self::with_memory(n_layer, n_head, head_dim, capacity, ty, None)
+    }
+
+    /// Elements of keys (and of values) a cache of this shape holds.
+    pub fn elements_for(n_layer: usize, n_head: usize, head_dim: usize, capacity: usize) -> usize {
+        n_layer * n_head * head_dim * capacity
+    }
+
+    /// As [`KvCache::new`], on `memory` when it holds `ty` elements and has room (else on fresh
+    /// zero pages). What the memory held is never read: attention reads only the positions a
+    /// cache has filled, or masks the others out of the softmax.
+    pub fn with_memory(
+        n_layer: usize,
+        n_head: usize,
+        head_dim: usize,
+        capacity: usize,
+        ty: KvType,
+        memory: Option<KvMemory>,
+    ) -> Self {
+        let n = Self::elements_for(n_layer, n_head, head_dim, capacity);
+        let memory = memory.filter(|m| m.kv_type() == ty && m.elements() >= n);
+        let data = match (ty, memory) {
+            (_, Some(KvMemory { data })) => match data {
+                Data::F16 { k, v } => Data::F16 {
+                    k: k.reuse(n),
+                    v: v.reuse(n),
+                },
+                Data::F32 { k, v } => Data::F32 {
+                    k: k.reuse(n),
+                    v: v.reuse(n),
+                },
+            },
+            // Fresh zero pages (`KvBuf`): admitting a request does not stall the batch while
+            // megabytes are cleared (measured when they were written out: 2 ms for 144
+            // positions of GPT-2 124M, 7 ms for 513).
+            (KvType::F16, None) => Data::F16 {
                 k: KvBuf::zeroed(n),
                 v: KvBuf::zeroed(n),
             },
-            KvType::F32 => Data::F32 {
+            (KvType::F32, None) => Data::F32 {
                 k: KvBuf::zeroed(n),
                 v: KvBuf::zeroed(n),
             },
@@ -103,6 +163,11 @@ impl KvCache {
                 KvType::F32 => Vec::new(),
             },
         }
+    }
+
+    /// The cache's memory, for another cache to reuse.
+    pub fn into_memory(self) -> KvMemory {
+        KvMemory { data: self.data }
     }
 
     /// Positions filled.

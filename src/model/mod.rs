@@ -13,6 +13,6 @@ pub use batch::SeqStep;
 pub use config::Gpt2Config;
 pub use error::ModelError;
 pub use gpt2::{ForwardError, Gpt2, Logits, Scratch};
-pub use kv_cache::{KvCache, KvHead, KvType};
+pub use kv_cache::{KvCache, KvHead, KvMemory, KvType};
 pub use loaded::LoadedModel;
 pub use weights::{Block, Gpt2Weights, Linear, Matrix, Norm};

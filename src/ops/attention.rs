@@ -8,6 +8,10 @@ use crate::kernels::attend::{Attend, AttendFn, KvElem, KEYS, MAX_HEAD_DIM, QUERI
 use crate::kernels::Kernels;
 use crate::model::{KvCache, KvHead};
 
+/// Heads whose first block of keys and values decode asks for ahead of the one it computes
+/// (measured on GPT-2 124M, 16 sequences, 2 threads: 2 ahead gave 2–6 % over 1; 3 and 4 no more).
+const AHEAD: usize = 2;
+
 /// Attention for `t` new tokens whose keys and values are already in `cache` (layer `layer`).
 ///
 /// `q`: t rows with stride `q_stride`, the query in the first `n_head · head_dim` values of each
@@ -74,13 +78,15 @@ pub fn causal_attention(
         }
     };
     if t <= QUERIES && !split_heads {
-        // Each head's first block of keys and values is asked for while the previous head runs
+        // Each head's first block of keys and values is asked for while the heads before it run
         // (the kernels ask for later blocks themselves).
         let first = (pos0 + t).min(KEYS);
-        cache.prefetch(layer, 0, first);
+        for h in 0..AHEAD.min(n_head) {
+            cache.prefetch(layer, h, first);
+        }
         for h in 0..n_head {
-            if h + 1 < n_head {
-                cache.prefetch(layer, h + 1, first);
+            if h + AHEAD < n_head {
+                cache.prefetch(layer, h + AHEAD, first);
             }
             run(h, 0, t, &mut out[h * head_dim..], n_embd);
         }

@@ -204,6 +204,50 @@ fn bad_arguments_exit_2_with_one_line() {
     }
 }
 
+/// Engine limits that cannot work are refused at startup with exit code 2 and an error that
+/// names the flag.
+#[test]
+fn serve_refuses_impossible_engine_limits() {
+    let model = path("small-q8_0");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--max-prefill-while-decoding", "0"],
+            "--max-prefill-while-decoding",
+        ),
+        (
+            &["--max-batch-tokens", "4", "--max-running", "8"],
+            "--max-batch-tokens (4)",
+        ),
+        (&["--max-running", "0"], "--max-running"),
+        (&["--stream-buffer", "0"], "--stream-buffer"),
+    ];
+    for (flags, names) in cases {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qgpt"))
+            .args(["serve", "-m", &model, "--host", "127.0.0.1", "--port", "0"])
+            .args(*flags)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that accepted the limits would serve until killed.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > end {
+                child.kill().unwrap();
+                panic!("{flags:?}: the server started");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default();
+        assert!(line.contains(names), "{flags:?}: {err}");
+    }
+}
+
 #[test]
 fn bench_kernels_reports_every_shape_as_json() {
     let s = ok_stdout(&[

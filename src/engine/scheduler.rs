@@ -329,10 +329,11 @@ fn admit(
             return None;
         }
     };
-    let memory = pool.take(m.model.cache_elements(reserve));
+    let elements = m.model.cache_elements(reserve);
+    let memory = pool.take(elements);
     if memory.is_none() {
         // Fresh memory: first drop kept memory that would no longer fit beside it.
-        let bytes = 2 * m.model.cache_elements(reserve) * m.model.kv_type().size();
+        let bytes = 2 * elements * m.model.kv_type().size();
         pool.make_room(in_use(running) + bytes);
     }
     let cache = m.model.new_cache_in(reserve, m.model.kv_type(), memory);

@@ -323,7 +323,7 @@ fn block_softmax(s: &mut [f32; KEYS], visible: usize, m: f32) -> (f32, f32) {
             *x = x.max(v);
         }
     }
-    let mx = lanes.iter().fold(m, |a, &b| a.max(b));
+    let mx = tree(lanes, f32::max);
     let mut sums = [0.0f32; LANES];
     for (c, chunk) in s.chunks_exact_mut(LANES).enumerate() {
         for (l, (acc, x)) in sums.iter_mut().zip(chunk).enumerate() {
@@ -332,7 +332,21 @@ fn block_softmax(s: &mut [f32; KEYS], visible: usize, m: f32) -> (f32, f32) {
             *acc += *x;
         }
     }
-    (mx, sums.iter().sum())
+    (mx, tree(sums, |a, b| a + b))
+}
+
+/// `lanes` reduced by `op` in a tree (halves folded onto halves): four dependent steps instead
+/// of fifteen, in a fixed order whatever the vector width.
+#[inline(always)]
+fn tree(mut lanes: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut half = LANES / 2;
+    while half > 0 {
+        for i in 0..half {
+            lanes[i] = op(lanes[i], lanes[i + half]);
+        }
+        half /= 2;
+    }
+    lanes[0]
 }
 
 /// Scores of the queries against keys p0..p0 + n (`N` keys, or `n` when `N` is 0), one dimension

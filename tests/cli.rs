@@ -312,6 +312,12 @@ fn bench_model_writes_llama_bench_jsonl_and_table() {
             "{r}"
         );
         assert!(r["avg_ns"].as_u64().unwrap() > 0 && r["stddev_ts"].as_f64().is_some());
+        if cfg!(target_os = "linux") {
+            assert_eq!(
+                r["huge_page_bytes"], 0,
+                "a small model has no 2 MiB page: {r}"
+            );
+        }
     }
     let s = ok_stdout(&["bench", "-m", &model, "-p", "8", "-n", "0", "-r", "1"]);
     assert!(
@@ -319,7 +325,16 @@ fn bench_model_writes_llama_bench_jsonl_and_table() {
         "{s}"
     );
     assert!(s.lines().nth(2).unwrap().contains("| pp8 |"), "{s}");
-    assert_eq!(s.lines().count(), 3, "-n 0 skips generation: {s}");
+    let table = s.lines().take_while(|l| l.starts_with('|')).count();
+    assert_eq!(table, 3, "-n 0 skips generation: {s}");
+    // Then how the weights are mapped (a small model: no 2 MiB page).
+    if cfg!(target_os = "linux") {
+        let last = s.lines().last().unwrap();
+        assert!(
+            last.starts_with("weights: 2 MiB mapped, 0 MiB of it on 2 MiB pages"),
+            "{s}"
+        );
+    }
     // The model has 128 positions.
     let out = qgpt(&["bench", "-m", &model, "-p", "200", "-n", "0"]);
     assert_eq!(out.status.code(), Some(2));

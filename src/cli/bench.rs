@@ -109,8 +109,12 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
         writeln!(s, "| --- | ---: | ---: | --- | ---: | ---: | ---: |")?;
         print_flush(&std::mem::take(&mut s))?;
     }
+    // How the kernel backs the weights' map decides how fast decode reads them: measured after
+    // the first test, which touched them all.
+    let mut huge_page_bytes = None;
     for (n_prompt, n_gen, n_seq) in tests {
         let r = run_test(&m.model, n_prompt, n_gen, n_seq, args.reps)?;
+        let huge = *huge_page_bytes.get_or_insert_with(|| m.model.file().huge_page_bytes());
         if args.json {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -129,6 +133,7 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
                 "type_k": kv,
                 "type_v": kv,
                 "use_mmap": true,
+                "huge_page_bytes": huge,
                 "n_prompt": r.n_prompt,
                 "n_gen": r.n_gen,
                 "n_seq": r.n_seq,
@@ -157,7 +162,16 @@ fn run_model(path: &Path, args: Args) -> Result<(), CliError> {
         }
         print_flush(&std::mem::take(&mut s))?;
     }
-    Ok(())
+    if let (false, Some(Some(huge))) = (args.json, huge_page_bytes) {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        writeln!(
+            s,
+            "\nweights: {:.0} MiB mapped, {:.0} MiB of it on 2 MiB pages",
+            mib(m.model.file().len()),
+            mib(huge)
+        )?;
+    }
+    print_flush(&s)
 }
 
 /// Runs the kernel benchmark and prints the table.

@@ -277,5 +277,14 @@ fn load(cfg: &ServeConfig) -> Result<(LoadedModel, String), ServeError> {
         |_| std::ops::ControlFlow::Continue(()),
     )
     .map_err(|e| ServeError::WarmUp(e.to_string()))?;
+    // After the warm-up step, which touched every weight: how the kernel backs the map.
+    let file = m.model.file();
+    let mib = |b: u64| (b as f64 / (1u64 << 20) as f64).round() as u64;
+    tracing::info!(
+        path = %cfg.model.display(),
+        mapped_mib = mib(file.len()),
+        huge_page_mib = file.huge_page_bytes().map_or(0, mib),
+        "model mapped (huge_page_mib: the part on 2 MiB pages, which decode reads faster)"
+    );
     Ok((m, isa))
 }

@@ -1351,3 +1351,52 @@ async fn loadtest_reports_what_it_measured() {
     assert!(r["ttft_ms"]["max"].as_f64() <= r["e2e_ms"]["max"].as_f64());
     server.shutdown().await;
 }
+
+/// `qgpt loadtest --long-prompt-tokens`: long prompts go beside the streams, every one of them is
+/// answered, and they are reported apart (the streams' token count is theirs alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadtest_sends_long_prompts_beside_the_streams() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+            .args(["loadtest", "--addr", &addr, "-c", "2", "--duration", "1.5"])
+            .args(["--prompt-tokens", "8", "--max-new-tokens", "10", "--json"])
+            .args(["--long-prompt-tokens", "64", "--long-prompt-every", "0.3"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = r["ok"].as_u64().unwrap();
+    assert!(ok >= 2 && r["requests"].as_u64() == Some(ok), "{r}");
+    assert_eq!(r["generated_tokens"].as_u64(), Some(10 * ok), "{r}");
+    let l = &r["long_prompts"];
+    assert_eq!(l["prompt_tokens"], 64, "{r}");
+    let sent = l["requests"].as_u64().unwrap();
+    // One at once, then one every 0.3 s while the 1.5 s of streams (and their last requests) run.
+    assert!(sent >= 4, "{r}");
+    assert_eq!(l["ok"].as_u64(), Some(sent), "{r}");
+    assert!(l["errors"].as_object().unwrap().is_empty(), "{r}");
+    assert!(l["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    // Without the option the report has no such part.
+    let addr = server.addr.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+            .args(["loadtest", "--addr", &addr, "-c", "1", "--requests", "1"])
+            .args(["--prompt-tokens", "4", "--max-new-tokens", "2", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r.get("long_prompts").is_none(), "{r}");
+    server.shutdown().await;
+}

@@ -2,7 +2,9 @@
 //! stream one request after another (a prompt of P random token ids, G tokens with ignore_eos)
 //! until M requests have been sent or S seconds have passed. It reports aggregate throughput
 //! and the client-side latency percentiles: time to first token, inter-token latency and
-//! end-to-end latency, and a count of every status seen.
+//! end-to-end latency, and a count of every status seen. With `--long-prompt-tokens`, long
+//! prompts arrive at a fixed interval beside the streams (prefill while others decode), reported
+//! apart.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +40,14 @@ pub struct Args {
     /// Tokens to generate per request (ignore_eos, so every request generates them all).
     #[arg(long, default_value_t = 128)]
     max_new_tokens: u32,
+    /// Also send, beside the streams, one request with a prompt of this many tokens (and one
+    /// token to generate) every --long-prompt-every seconds: prefill arriving while others
+    /// decode. Reported apart; 0: none.
+    #[arg(long, default_value_t = 0)]
+    long_prompt_tokens: usize,
+    /// Seconds between two long prompts.
+    #[arg(long, default_value_t = 1.0)]
+    long_prompt_every: f64,
     /// Seed of the random prompts.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -100,6 +110,19 @@ struct Report {
     ttft_ms: Percentiles,
     itl_ms: Percentiles,
     e2e_ms: Percentiles,
+    /// The long prompts sent beside the streams (absent when none were asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    long_prompts: Option<LongPrompts>,
+}
+
+#[derive(serde::Serialize)]
+struct LongPrompts {
+    prompt_tokens: usize,
+    every_s: f64,
+    requests: usize,
+    ok: usize,
+    errors: BTreeMap<String, usize>,
+    ttft_ms: Percentiles,
 }
 
 /// Runs the load and prints the report.
@@ -108,6 +131,9 @@ pub fn run(args: Args) -> Result<(), CliError> {
         return Err(
             "--concurrency, --prompt-tokens and --max-new-tokens must be at least 1".into(),
         );
+    }
+    if !(args.long_prompt_every.is_finite() && args.long_prompt_every > 0.0) {
+        return Err("--long-prompt-every must be a positive number of seconds".into());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,10 +199,38 @@ async fn load(args: &Args) -> Result<Report, CliError> {
             }
         }));
     }
+    let done = Arc::new(AtomicUsize::new(0));
+    let long = (args.long_prompt_tokens > 0).then(|| {
+        let (client, done) = (client.clone(), done.clone());
+        tokio::spawn(long_prompts(
+            client,
+            args.long_prompt_tokens,
+            args.long_prompt_every,
+            vocab,
+            args.seed,
+            done,
+        ))
+    });
     for w in workers {
         w.await?;
     }
     let wall = start.elapsed().as_secs_f64();
+    done.store(1, Ordering::SeqCst);
+    let long_prompts = match long {
+        Some(task) => {
+            let r = task.await?;
+            let failed: usize = r.errors.values().sum();
+            Some(LongPrompts {
+                prompt_tokens: args.long_prompt_tokens,
+                every_s: args.long_prompt_every,
+                requests: r.samples.len() + failed,
+                ok: r.samples.len(),
+                ttft_ms: percentiles(r.samples.iter().filter_map(|s| s.ttft).collect()),
+                errors: r.errors,
+            })
+        }
+        None => None,
+    };
     let r = std::mem::take(&mut *results.lock().expect("results lock"));
     let ok = r.samples.len();
     let tokens: usize = r.samples.iter().map(|s| s.tokens).sum();
@@ -198,7 +252,54 @@ async fn load(args: &Args) -> Result<Report, CliError> {
         ),
         e2e_ms: percentiles(r.samples.iter().map(|s| s.e2e).collect()),
         errors: r.errors,
+        long_prompts,
     })
+}
+
+/// Sends a request with a prompt of `tokens` random ids (one token to generate) every `every`
+/// seconds until `done` is set, each in its own task; returns what they measured once all have
+/// ended.
+async fn long_prompts(
+    client: TextGenerationClient<Channel>,
+    tokens: usize,
+    every: f64,
+    vocab: u64,
+    seed: u64,
+    done: Arc<AtomicUsize>,
+) -> Results {
+    let results = Arc::new(Mutex::new(Results::default()));
+    let mut rng = Rng::new(seed ^ 0x6c6f_6e67);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(every));
+    let mut sent = Vec::new();
+    loop {
+        tick.tick().await;
+        if done.load(Ordering::SeqCst) != 0 {
+            break;
+        }
+        let ids = (0..tokens)
+            .map(|_| (rng.next_u64() % vocab) as u32)
+            .collect();
+        let req = pb::GenerateRequest {
+            input: Some(Input::PromptTokenIds(pb::TokenIds { ids })),
+            max_new_tokens: 1,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let (mut client, results) = (client.clone(), results.clone());
+        sent.push(tokio::spawn(async move {
+            let outcome = one(&mut client, req).await;
+            let mut r = results.lock().expect("results lock");
+            match outcome {
+                Ok(s) => r.samples.push(s),
+                Err(code) => *r.errors.entry(code).or_default() += 1,
+            }
+        }));
+    }
+    for t in sent {
+        let _ = t.await;
+    }
+    let r = std::mem::take(&mut *results.lock().expect("results lock"));
+    r
 }
 
 /// Streams one request; the status code's name on failure.
@@ -243,7 +344,7 @@ fn table(r: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    format!(
+    let mut s = format!(
         "concurrency {} | requests {} ({} ok; errors: {errors}) | {:.1} s\n\
          generated tokens/s {:.1} | requests/s {:.2}\n\
          latency ms (p50 / p90 / p99 / max):\n  ttft {}\n  itl  {}\n  e2e  {}\n",
@@ -256,5 +357,16 @@ fn table(r: &Report) -> String {
         p(&r.ttft_ms),
         p(&r.itl_ms),
         p(&r.e2e_ms),
-    )
+    );
+    if let Some(l) = &r.long_prompts {
+        s.push_str(&format!(
+            "long prompts ({} tokens every {} s): {} sent, {} ok; ttft {}\n",
+            l.prompt_tokens,
+            l.every_s,
+            l.requests,
+            l.ok,
+            p(&l.ttft_ms)
+        ));
+    }
+    s
 }

@@ -53,7 +53,7 @@ impl Default for Batching {
             max_running: 16,
             kv_cache_tokens: 0,
             max_batch_tokens: 512,
-            max_prefill_while_decoding: 16,
+            max_prefill_while_decoding: 8,
             stream_buffer: 256,
         }
     }

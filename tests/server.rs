@@ -1304,30 +1304,20 @@ async fn random_cancellations_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_reports_what_it_measured() {
     let server = Server::start(SMALL, Limits::default()).await;
-    let addr = server.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
-            .args([
-                "loadtest",
-                "--addr",
-                &addr,
-                "--concurrency",
-                "4",
-                "--requests",
-                "12",
-            ])
-            .args(["--prompt-tokens", "8", "--max-new-tokens", "10", "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = loadtest(
+        &server,
+        &[
+            "--concurrency",
+            "4",
+            "--requests",
+            "12",
+            "--prompt-tokens",
+            "8",
+            "--max-new-tokens",
+            "10",
+        ],
+    )
+    .await;
     assert_eq!(r["concurrency"], 4);
     assert_eq!(
         (r["requests"].as_u64(), r["ok"].as_u64()),
@@ -1357,23 +1347,24 @@ async fn loadtest_reports_what_it_measured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadtest_sends_long_prompts_beside_the_streams() {
     let server = Server::start(SMALL, Limits::default()).await;
-    let addr = server.addr.to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
-            .args(["loadtest", "--addr", &addr, "-c", "2", "--duration", "1.5"])
-            .args(["--prompt-tokens", "8", "--max-new-tokens", "10", "--json"])
-            .args(["--long-prompt-tokens", "64", "--long-prompt-every", "0.3"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = loadtest(
+        &server,
+        &[
+            "-c",
+            "2",
+            "--duration",
+            "1.5",
+            "--prompt-tokens",
+            "8",
+            "--max-new-tokens",
+            "10",
+            "--long-prompt-tokens",
+            "64",
+            "--long-prompt-every",
+            "0.3",
+        ],
+    )
+    .await;
     let ok = r["ok"].as_u64().unwrap();
     assert!(ok >= 2 && r["requests"].as_u64() == Some(ok), "{r}");
     assert_eq!(r["generated_tokens"].as_u64(), Some(10 * ok), "{r}");
@@ -1386,17 +1377,43 @@ async fn loadtest_sends_long_prompts_beside_the_streams() {
     assert!(l["errors"].as_object().unwrap().is_empty(), "{r}");
     assert!(l["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
     // Without the option the report has no such part.
+    let r = loadtest(
+        &server,
+        &[
+            "-c",
+            "1",
+            "--requests",
+            "1",
+            "--prompt-tokens",
+            "4",
+            "--max-new-tokens",
+            "2",
+        ],
+    )
+    .await;
+    assert!(r.get("long_prompts").is_none(), "{r}");
+    server.shutdown().await;
+}
+
+/// Runs `qgpt loadtest --addr <server> ARGS --json` off the async threads; its report, once it
+/// has exited successfully.
+async fn loadtest(server: &Server, args: &[&str]) -> serde_json::Value {
     let addr = server.addr.to_string();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
-            .args(["loadtest", "--addr", &addr, "-c", "1", "--requests", "1"])
-            .args(["--prompt-tokens", "4", "--max-new-tokens", "2", "--json"])
+            .args(["loadtest", "--addr", &addr])
+            .args(&args)
+            .arg("--json")
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(r.get("long_prompts").is_none(), "{r}");
-    server.shutdown().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -6,6 +6,7 @@ pub mod generate;
 pub mod gguf;
 pub mod kernels;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod perplexity;

@@ -207,6 +207,67 @@ fn bad_arguments_exit_2_with_one_line() {
 /// Engine limits that cannot work are refused at startup with exit code 2 and an error that
 /// names the flag.
 #[test]
+fn serve_refuses_bad_metric_settings_and_logs_json_on_request() {
+    let model = path("small-q8_0");
+    for bad in [
+        "qgpt_nope_seconds=1,2",
+        "qgpt_step_duration_seconds=2,1",
+        "qgpt_step_duration_seconds",
+    ] {
+        let out = qgpt(&["serve", "-m", &model, "--metrics-buckets", bad]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--metrics-buckets"), "{bad}: {err}");
+    }
+    let out = qgpt(&[
+        "serve",
+        "-m",
+        &model,
+        "--port",
+        "50999",
+        "--metrics-port",
+        "50999",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--metrics-port 50999 is also the gRPC port"),
+        "{err}"
+    );
+    // JSON logs: every line on stderr but the final error is one JSON object with a level and
+    // a message (a server refused at startup still logs its first lines).
+    let out = Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args(["serve", "-m", &model, "--host", "127.0.0.1", "--port", "0"])
+        .args([
+            "--metrics-port",
+            "0",
+            "--max-running",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let logs: Vec<Value> = err
+        .lines()
+        .filter(|l| !l.starts_with("error: "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    assert!(!logs.is_empty(), "{err}");
+    for l in &logs {
+        assert_eq!(l["level"], "INFO", "{l}");
+        assert!(l["fields"]["message"].is_string(), "{l}");
+    }
+    assert!(
+        logs.iter().any(|l| l["fields"]["threads"].is_u64()),
+        "the pool size is logged as a number: {err}"
+    );
+}
+
+#[test]
 fn serve_refuses_impossible_engine_limits() {
     let model = path("small-q8_0");
     let cases: &[(&[&str], &str)] = &[
@@ -224,6 +285,7 @@ fn serve_refuses_impossible_engine_limits() {
     for (flags, names) in cases {
         let mut child = Command::new(env!("CARGO_BIN_EXE_qgpt"))
             .args(["serve", "-m", &model, "--host", "127.0.0.1", "--port", "0"])
+            .args(["--metrics-port", "0"])
             .args(*flags)
             .stderr(std::process::Stdio::piped())
             .spawn()

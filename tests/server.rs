@@ -59,9 +59,10 @@ impl Server {
             auth_token: auth_token.map(str::to_owned),
             tls: tls.clone(),
             batching,
+            metrics_buckets: Vec::new(),
         };
         let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_on(listener, config, async {
+        let task = tokio::spawn(serve_on(listener, None, config, async {
             let _ = rx.await;
         }));
         let s = Self {
@@ -846,8 +847,9 @@ async fn health_is_not_serving_while_the_model_loads() {
         auth_token: None,
         tls: None,
         batching: Batching::default(),
+        metrics_buckets: Vec::new(),
     };
-    let task = tokio::spawn(serve_on(listener, config, std::future::pending()));
+    let task = tokio::spawn(serve_on(listener, None, config, std::future::pending()));
     let server = Server {
         addr,
         stop: None,
@@ -890,6 +892,8 @@ async fn sigterm_drains_and_exits_zero() {
             "127.0.0.1",
             "--port",
             &port.to_string(),
+            "--metrics-port",
+            "0",
             "-m",
         ])
         .arg(fixture(BIG_VOCAB))

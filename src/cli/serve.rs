@@ -20,9 +20,15 @@ pub struct Args {
     /// gRPC port.
     #[arg(long, env = "QGPT_PORT", default_value_t = 50051)]
     port: u16,
-    /// Prometheus metrics port (the /metrics endpoint comes with issue #7; the flag is reserved).
+    /// Port of the Prometheus endpoint (`GET /metrics`, plain HTTP, on --host); 0 turns metrics
+    /// off.
     #[arg(long, env = "QGPT_METRICS_PORT", default_value_t = 9090)]
     metrics_port: u16,
+    /// Histogram buckets replacing a default: NAME=B1,B2,... (bounds in the metric's unit,
+    /// increasing), e.g. qgpt_time_to_first_token_seconds=0.05,0.1,0.5,1; may repeat (in the
+    /// environment variable, separated by spaces).
+    #[arg(long, env = "QGPT_METRICS_BUCKETS", value_delimiter = ' ')]
+    metrics_buckets: Vec<qgpt::metrics::BucketOverride>,
     /// Compute threads (default: the CPUs this process may use, cgroup limits included).
     #[arg(short, long, env = "QGPT_THREADS")]
     threads: Option<usize>,
@@ -175,7 +181,16 @@ pub fn run(args: Args) -> Result<(), CliError> {
             }),
             _ => None,
         },
+        metrics_buckets: args.metrics_buckets,
     };
+    if args.metrics_port != 0 && args.metrics_port == args.port {
+        return Err(format!(
+            "--metrics-port {} is also the gRPC port (--port): choose another, or 0 to turn \
+             metrics off",
+            args.metrics_port
+        )
+        .into());
+    }
     tracing::info!(
         threads,
         metrics_port = args.metrics_port,
@@ -192,7 +207,17 @@ pub fn run(args: Args) -> Result<(), CliError> {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|e| format!("listening on {}: {e}", config.addr))?;
-        serve_on(listener, config, shutdown_signal()).await?;
+        let metrics = match args.metrics_port {
+            0 => None,
+            port => {
+                let at = SocketAddr::new(args.host, port);
+                let l = tokio::net::TcpListener::bind(at)
+                    .await
+                    .map_err(|e| format!("listening on {at} (--metrics-port): {e}"))?;
+                Some(l)
+            }
+        };
+        serve_on(listener, metrics, config, shutdown_signal()).await?;
         Ok(())
     })
 }

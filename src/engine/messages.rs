@@ -68,6 +68,8 @@ pub(super) struct Times {
     pub admitted: Instant,
     pub prefilled: Option<Instant>,
     pub first_token: Option<Instant>,
+    /// When the latest token was streamed.
+    pub last_token: Option<Instant>,
 }
 
 /// Milliseconds.

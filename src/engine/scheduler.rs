@@ -9,7 +9,6 @@
 //! 4. runs it as one batched forward (each weight matrix read once for all of them);
 //! 5. samples for every request that got logits and streams the token at once.
 
-use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -17,12 +16,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::kv_pool::KvPool;
 use super::messages::{finish_reason, plain_token, token_message, Times};
 use super::{EngineConfig, EngineState, Event, Job, Prompt};
 use crate::generate::{CancelCheck, FinishReason, GenerateError};
+use crate::metrics;
 use crate::model::{KvCache, LoadedModel, Logits, Scratch, SeqStep};
 use crate::server::pb;
 use crate::session::Session;
@@ -155,8 +155,9 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
         }
 
         // 4. One batched forward pass.
+        let step_started = Instant::now();
         if !parts.is_empty() {
-            let started = Instant::now();
+            let started = step_started;
             let result = forward(m, &mut running, &parts, &mut scratch);
             tracing::trace!(
                 target: "qgpt::engine::step",
@@ -167,9 +168,7 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
             );
             if let Err(status) = result {
                 for p in &parts {
-                    let r = &mut running[p.index];
-                    let _ = r.tx.try_send(Err(status.clone()));
-                    r.ended = true;
+                    fail(&mut running[p.index], status.clone());
                 }
             }
         }
@@ -183,9 +182,11 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
             }
             if r.done < r.prompt.len() {
                 r.done += p.n;
-                if r.done == r.prompt.len() {
+                let done = r.done == r.prompt.len();
+                if done {
                     r.times.prefilled = Some(now);
                 }
+                metrics::prefilled(p.n, done.then(|| now - r.times.admitted));
             }
             r.sample_now = p.sample;
         }
@@ -196,11 +197,13 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 r.sample_now = false;
                 let outcome = catch_unwind(AssertUnwindSafe(|| sample(m, r, &state)));
                 if outcome.is_err() {
-                    let status = Status::internal("generation failed (internal error)");
-                    let _ = r.tx.try_send(Err(status));
-                    r.ended = true;
+                    fail(r, Status::internal("generation failed (internal error)"));
                 }
             });
+        if !parts.is_empty() {
+            let tokens = parts.iter().map(|p| p.n).sum();
+            metrics::step(parts.len(), tokens, step_started.elapsed());
+        }
 
         // Release what ended; keep its cache's memory for the next requests.
         let mut i = 0;
@@ -222,9 +225,17 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
 /// None.
 fn prepare(m: &LoadedModel, job: Job, cfg: &EngineConfig, state: &EngineState) -> Option<Ready> {
     if job.tx.is_closed() {
-        return None; // the client left while it waited
+        // The client left while it waited.
+        log_end(&job.request_id, "cancelled", Code::Cancelled, None);
+        return None;
     }
     let refuse = |job: &Job, status: Status| {
+        log_end(
+            &job.request_id,
+            "error",
+            status.code(),
+            Some(status.message()),
+        );
         let _ = job.tx.try_send(Err(status));
     };
     if state.cancel_all.load(Ordering::SeqCst) {
@@ -325,6 +336,12 @@ fn admit(
                 GenerateError::Forward(e) => Status::internal(e.to_string()),
                 e => Status::invalid_argument(e.to_string()),
             };
+            log_end(
+                &job.request_id,
+                "error",
+                status.code(),
+                Some(status.message()),
+            );
             let _ = job.tx.try_send(Err(status));
             return None;
         }
@@ -356,10 +373,12 @@ fn admit(
             admitted: now,
             prefilled: None,
             first_token: None,
+            last_token: None,
         },
         ended: false,
         sample_now: false,
     };
+    metrics::admitted(now.saturating_duration_since(r.times.arrival));
     if let Some(reason) = r.session.interrupted() {
         finish(&mut r, reason, state);
         return None;
@@ -418,37 +437,94 @@ fn forward(
 fn sample(m: &LoadedModel, r: &mut Running, state: &EngineState) {
     let tok = &m.tokenizer;
     let (event, finished) = r.session.step(tok, &mut r.logits, r.cache.len());
-    let mut flow = ControlFlow::Continue(());
     if let Some(ev) = &event {
-        r.times.first_token.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        let first = r.times.first_token.is_none();
+        let since = now.saturating_duration_since(r.times.last_token.unwrap_or(r.times.arrival));
+        r.times.first_token.get_or_insert(now);
+        r.times.last_token = Some(now);
         r.next = Some(ev.id);
         let msg = token_message(tok, &r.request_id, ev, r.echo.take().unwrap_or_default());
-        flow = send(r, msg);
+        if let Err(code) = send(r, msg) {
+            r.ended = true;
+            let reason = if code == Code::Cancelled {
+                "cancelled"
+            } else {
+                "error"
+            };
+            ended(r, reason, code, None);
+            return;
+        }
+        metrics::token(first, since);
     }
-    if flow.is_break() {
-        r.ended = true;
-    } else if let Some(reason) = finished {
+    if let Some(reason) = finished {
         finish(r, reason, state);
     }
 }
 
 /// Sends a token message, keeping the last slot of the channel for the error that ends a slow
-/// reader's stream. Break: the request is over (reader gone or too slow).
-fn send(r: &Running, msg: pb::GenerateResponse) -> ControlFlow<()> {
+/// reader's stream. Err: the request is over, with the code its stream ended with (CANCELLED:
+/// the reader is gone; RESOURCE_EXHAUSTED: it was too slow, and has been told).
+fn send(r: &Running, msg: pb::GenerateResponse) -> Result<(), Code> {
     if r.tx.is_closed() {
-        return ControlFlow::Break(());
+        return Err(Code::Cancelled);
     }
     if r.tx.capacity() <= 1 {
         let _ = r.tx.try_send(Err(Status::resource_exhausted(format!(
             "cancelled: the client did not read its stream ({} messages unread)",
             r.tx.max_capacity() - 1
         ))));
-        return ControlFlow::Break(());
+        return Err(Code::ResourceExhausted);
     }
-    match r.tx.try_send(Ok(msg)) {
-        Ok(()) => ControlFlow::Continue(()),
-        Err(_) => ControlFlow::Break(()),
+    r.tx.try_send(Ok(msg)).map_err(|_| Code::Cancelled)
+}
+
+/// Ends `r` with `status` (sent as its stream's error), unless it has ended already.
+fn fail(r: &mut Running, status: Status) {
+    if r.ended {
+        return;
     }
+    r.ended = true;
+    ended(r, "error", status.code(), Some(status.message()));
+    let _ = r.tx.try_send(Err(status));
+}
+
+/// Records how a request that ran ended, and logs it: one line per request.
+fn ended(r: &Running, finish_reason: &'static str, code: Code, error: Option<&str>) {
+    let now = Instant::now();
+    let t = &r.times;
+    let generated = r.session.ids.len();
+    metrics::request_ended(finish_reason, code);
+    metrics::request_totals(now - t.arrival, r.prompt.len(), generated);
+    let timings = t.timings(now);
+    tracing::info!(
+        request_id = %r.request_id,
+        prompt_tokens = r.prompt.len(),
+        generated_tokens = generated,
+        finish_reason,
+        code = metrics::code_name(code),
+        error,
+        queue_ms = timings.queue_ms,
+        prefill_ms = timings.prefill_ms,
+        ttft_ms = t.first_token.map(|f| (f - t.arrival).as_secs_f64() * 1e3),
+        decode_ms = timings.decode_ms,
+        total_ms = timings.total_ms,
+        "request finished"
+    );
+}
+
+/// Records and logs a request that ended before it ran (refused, or its client left).
+fn log_end(request_id: &str, finish_reason: &'static str, code: Code, error: Option<&str>) {
+    metrics::request_ended(finish_reason, code);
+    tracing::info!(
+        request_id,
+        prompt_tokens = 0,
+        generated_tokens = 0,
+        finish_reason,
+        code = metrics::code_name(code),
+        error,
+        "request finished"
+    );
 }
 
 /// Ends `r` for `reason`: the last message (held-back text, finish reason, usage, timings).
@@ -461,15 +537,11 @@ fn finish(r: &mut Running, reason: FinishReason, state: &EngineState) {
     let now = Instant::now();
     let timings = r.times.timings(now);
     let generated = r.session.ids.len();
-    tracing::info!(
-        request_id = %r.request_id,
-        prompt_tokens = r.prompt.len(),
-        generated_tokens = generated,
-        finish_reason = reason.as_str(),
-        ttft_ms = timings.time_to_first_token_ms,
-        total_ms = timings.total_ms,
-        "request finished"
-    );
+    // A cancelled request whose client is gone ended as CANCELLED; every other finish sends its
+    // final message and ends the stream with OK.
+    let gone = r.tx.is_closed();
+    let code = if gone { Code::Cancelled } else { Code::Ok };
+    ended(r, reason.as_str(), code, None);
     // Moving average of run times (1/8 weight), for the wait estimate of refusals.
     let run_us = now.saturating_duration_since(r.times.admitted).as_micros() as u64;
     let avg = state.avg_run_us.load(Ordering::SeqCst);

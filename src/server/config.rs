@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Continuous-batching limits.
     pub batching: Batching,
+    /// Histogram buckets that replace the defaults (when metrics are exported).
+    pub metrics_buckets: Vec<crate::metrics::BucketOverride>,
 }
 
 /// How many requests generate together, and how big a step may be.

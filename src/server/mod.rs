@@ -10,7 +10,9 @@
 mod auth;
 mod config;
 mod gate;
+mod grpc_metrics;
 mod info;
+mod metrics_http;
 pub mod pb;
 mod request;
 mod service;
@@ -74,9 +76,11 @@ fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig, Ser
     Ok(tls)
 }
 
-/// Serves on `listener` until `shutdown` completes, then drains and returns.
+/// Serves gRPC on `listener` (and Prometheus metrics on `metrics`, when given) until `shutdown`
+/// completes, then drains and returns.
 pub async fn serve_on(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -84,6 +88,28 @@ pub async fn serve_on(
     let addr: SocketAddr = listener
         .local_addr()
         .map_err(|e| ServeError::WarmUp(format!("reading the listener's address: {e}")))?;
+    let engine_gauges = metrics_http::EngineGauges::default();
+    let (metrics_stop, metrics_task) = match metrics {
+        Some(l) => {
+            let handle =
+                crate::metrics::install(&config.metrics_buckets).map_err(ServeError::Config)?;
+            let at = l
+                .local_addr()
+                .map_err(|e| ServeError::WarmUp(format!("reading the metrics address: {e}")))?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(metrics_http::serve(
+                l,
+                handle,
+                engine_gauges.clone(),
+                async {
+                    let _ = rx.await;
+                },
+            ));
+            tracing::info!(addr = %at, "metrics at http://{at}/metrics");
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -106,6 +132,7 @@ pub async fn serve_on(
         auth::BearerAuth::new(config.auth_token.as_deref()),
     );
     let mut builder = tonic::transport::Server::builder()
+        .layer(grpc_metrics::GrpcMetricsLayer)
         .http2_keepalive_interval(t.keepalive_interval)
         .http2_keepalive_timeout(Some(t.keepalive_timeout));
     if let Some(age) = t.max_connection_age {
@@ -143,9 +170,11 @@ pub async fn serve_on(
     };
     let Some((model, isa)) = loaded else {
         let _ = stop_tx.send(());
-        return Ok(server
+        server
             .await
-            .map_err(|e| ServeError::WarmUp(e.to_string()))??);
+            .map_err(|e| ServeError::WarmUp(e.to_string()))??;
+        stop_metrics(metrics_stop, metrics_task).await;
+        return Ok(());
     };
     let model = Arc::new(model);
     let engine = Engine::start(
@@ -161,8 +190,16 @@ pub async fn serve_on(
         "engine started"
     );
     let state = engine.state.clone();
+    let _ = engine_gauges.set((state.clone(), engine.config.kv_cache_tokens as u64));
+    let info = info::model_info(&model, &config.model, &isa);
+    let name = if info.name.is_empty() {
+        &info.file_name
+    } else {
+        &info.name
+    };
+    crate::metrics::serving(started.elapsed(), &isa, name, &info.file_type);
     gate.open(Service {
-        info: info::model_info(&model, &config.model, &isa),
+        info,
         engine,
         model,
         limits: config.limits.clone(),
@@ -203,8 +240,27 @@ pub async fn serve_on(
     server
         .await
         .map_err(|e| ServeError::WarmUp(e.to_string()))??;
+    stop_metrics(metrics_stop, metrics_task).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stops the metrics endpoint (after the gRPC server, so the last requests can be scraped
+/// until then).
+async fn stop_metrics(
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+) {
+    if let Some(stop) = stop {
+        let _ = stop.send(());
+    }
+    if let Some(task) = task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "the metrics endpoint panicked"),
+        }
+    }
 }
 
 /// The engine's limits from the server's settings, checked.

@@ -33,8 +33,23 @@ pub(super) struct Service {
 }
 
 impl Service {
-    /// Validates and queues a generation; returns its message stream and its deadline.
+    /// Validates and queues a generation; returns its message stream and its deadline. A refusal
+    /// is counted and logged here (the engine counts and logs the requests it receives).
     fn submit(
+        &self,
+        req: Request<pb::GenerateRequest>,
+    ) -> Result<(mpsc::Receiver<Event>, Option<Instant>), Status> {
+        self.try_submit(req).inspect_err(|status| {
+            crate::metrics::request_ended("error", status.code());
+            tracing::info!(
+                code = crate::metrics::code_name(status.code()),
+                error = status.message(),
+                "request refused"
+            );
+        })
+    }
+
+    fn try_submit(
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<(mpsc::Receiver<Event>, Option<Instant>), Status> {

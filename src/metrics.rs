@@ -98,7 +98,7 @@ pub const HISTOGRAMS: &[(&str, Unit, &str, &[f64])] = &[
     (
         QUEUE_TIME,
         Unit::Seconds,
-        "Time a generation request waited in the queue before the engine admitted it.",
+        "Time a generation request waited in the queue before the engine admitted it (or it left).",
         PHASE_LATENCY,
     ),
     (
@@ -110,7 +110,7 @@ pub const HISTOGRAMS: &[(&str, Unit, &str, &[f64])] = &[
     (
         STEP_DURATION,
         Unit::Seconds,
-        "Time of one engine step: one batched forward pass, sampling and streaming.",
+        "Time of one engine step (forward pass, sampling, streaming), by kind: decode, prefill, mixed.",
         TOKEN_LATENCY,
     ),
     (
@@ -327,8 +327,8 @@ pub fn request_totals(total: Duration, prompt_tokens: usize, generated_tokens: u
     histogram!(REQUEST_GENERATED_TOKENS).record(generated_tokens as f64);
 }
 
-/// A request was admitted after waiting `queued`.
-pub fn admitted(queued: Duration) {
+/// A request left the queue (admitted, refused, or its client gone) after waiting `queued`.
+pub fn left_queue(queued: Duration) {
     histogram!(QUEUE_TIME).record(queued.as_secs_f64());
 }
 
@@ -352,9 +352,10 @@ pub fn token(first: bool, since: Duration) {
     histogram!(name).record(since.as_secs_f64());
 }
 
-/// An engine step advanced `requests` requests by `tokens` tokens in `took`.
-pub fn step(requests: usize, tokens: usize, took: Duration) {
-    histogram!(STEP_DURATION).record(took.as_secs_f64());
+/// An engine step of `kind` ("decode": only decoding requests, "prefill": only prompt chunks,
+/// "mixed") advanced `requests` requests by `tokens` tokens in `took`.
+pub fn step(kind: &'static str, requests: usize, tokens: usize, took: Duration) {
+    histogram!(STEP_DURATION, "kind" => kind).record(took.as_secs_f64());
     histogram!(BATCH_SIZE).record(requests as f64);
     histogram!(BATCH_TOKENS).record(tokens as f64);
 }

@@ -204,8 +204,8 @@ fn bad_arguments_exit_2_with_one_line() {
     }
 }
 
-/// Engine limits that cannot work are refused at startup with exit code 2 and an error that
-/// names the flag.
+/// Bad metric settings are refused with exit code 2 naming the flag; `--log-format json` makes
+/// every log line a JSON object.
 #[test]
 fn serve_refuses_bad_metric_settings_and_logs_json_on_request() {
     let model = path("small-q8_0");
@@ -267,6 +267,8 @@ fn serve_refuses_bad_metric_settings_and_logs_json_on_request() {
     );
 }
 
+/// Engine limits that cannot work are refused at startup with exit code 2 and an error that
+/// names the flag.
 #[test]
 fn serve_refuses_impossible_engine_limits() {
     let model = path("small-q8_0");

@@ -62,6 +62,24 @@ impl Scrape {
         self.samples.get(key).copied().unwrap_or(0.0)
     }
 
+    /// The sample `key`, which must be there.
+    fn must(&self, key: &str) -> f64 {
+        *self
+            .samples
+            .get(key)
+            .unwrap_or_else(|| panic!("no sample {key}"))
+    }
+
+    /// The sum of `name`'s samples over all its label sets.
+    fn total(&self, name: &str) -> f64 {
+        let labelled = format!("{name}{{");
+        self.samples
+            .iter()
+            .filter(|(k, _)| *k == name || k.starts_with(&labelled))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     fn requests(&self, finish_reason: &str, code: &str) -> f64 {
         self.get(&format!(
             "{}{{finish_reason=\"{finish_reason}\",code=\"{code}\"}}",
@@ -197,11 +215,17 @@ async fn metrics_add_up_to_what_clients_received() {
     .await
     .unwrap();
 
+    let (gen, n) = (tokens as f64, 4.0);
+    // Every step fed its prompt chunks and one token per decoding request: each request's
+    // prompt plus all its generated tokens but the last. Waiting for that sum also waits for
+    // the engine to finish the step that ended the last request.
+    let fed = prompt as f64 + gen - n;
     let s = scrape_until(maddr, |s| {
-        s.get(&format!("{}_count", m::REQUEST_DURATION)) >= 4.0
+        s.get(&format!("{}_count", m::REQUEST_DURATION)) == n
+            && s.get(&format!("{}_sum", m::BATCH_TOKENS)) == fed
+            && s.get(m::RUNNING_REQUESTS) == 0.0
     })
     .await;
-    let (gen, n) = (tokens as f64, 4.0);
     assert_eq!(s.get(m::GENERATED_TOKENS), gen);
     assert_eq!(s.get(m::PROMPT_TOKENS), prompt as f64);
     assert_eq!(s.requests("length", "OK"), n);
@@ -222,15 +246,15 @@ async fn metrics_add_up_to_what_clients_received() {
         s.get(&format!("{}_sum", m::REQUEST_PROMPT_TOKENS)),
         prompt as f64
     );
-    // Every step fed its prompt chunks and one token per decoding request: each request's
-    // prompt plus all its generated tokens but the last.
-    assert_eq!(
-        s.get(&format!("{}_sum", m::BATCH_TOKENS)),
-        prompt as f64 + gen - n
-    );
-    let steps = s.get(&format!("{}_count", m::STEP_DURATION));
+    let steps = s.total(&format!("{}_count", m::STEP_DURATION));
     assert!(steps >= 5.0, "{steps} steps");
     assert_eq!(s.get(&format!("{}_count", m::BATCH_SIZE)), steps);
+    let by_kind = |kind: &str| s.get(&format!("{}_count{{kind=\"{kind}\"}}", m::STEP_DURATION));
+    assert!(by_kind("decode") >= 4.0, "decode steps");
+    assert!(
+        by_kind("prefill") + by_kind("mixed") >= 1.0,
+        "steps with prompts"
+    );
     // The bucket override took effect.
     assert!(s
         .samples
@@ -246,7 +270,7 @@ async fn metrics_add_up_to_what_clients_received() {
     );
     assert_eq!(s.get(&timed), 3.0);
     for gauge in [m::RUNNING_REQUESTS, m::QUEUED_REQUESTS, m::KV_CACHE_USAGE] {
-        assert_eq!(s.get(gauge), 0.0, "{gauge} when idle");
+        assert_eq!(s.must(gauge), 0.0, "{gauge} when idle");
     }
     for &(name, ..) in m::HISTOGRAMS {
         assert!(s.typed.iter().any(|t| t == name), "{name} has no TYPE line");
@@ -261,6 +285,11 @@ async fn metrics_add_up_to_what_clients_received() {
         .unwrap()
         .into_inner();
     s1.next().await.unwrap().unwrap();
+    // Still running, almost always: then it holds KV positions.
+    let busy = Scrape::take(maddr);
+    if busy.must(m::RUNNING_REQUESTS) == 1.0 {
+        assert!(busy.must(m::KV_CACHE_USAGE) > 0.0);
+    }
     drop(s1);
     let s = scrape_until(maddr, |s| {
         s.get(&format!("{}_count", m::REQUEST_DURATION)) == 5.0
@@ -275,8 +304,22 @@ async fn metrics_add_up_to_what_clients_received() {
         assert_eq!(s.grpc(tg, "GenerateStream", "CANCELLED"), 1.0);
     }
     let s = scrape_until(maddr, |s| s.get(m::RUNNING_REQUESTS) == 0.0).await;
-    assert_eq!(s.get(m::KV_CACHE_USAGE), 0.0);
-    assert_eq!(s.get(m::QUEUED_REQUESTS), 0.0);
+    assert_eq!(s.must(m::KV_CACHE_USAGE), 0.0);
+    assert_eq!(s.must(m::QUEUED_REQUESTS), 0.0);
+
+    // A unary call whose deadline leaves no time to generate: counted with the code its client
+    // gets (tonic's own timeout may answer CANCELLED first; the engine's count is the same).
+    let mut req = tonic::Request::new(request("B", 100));
+    req.set_timeout(Duration::from_millis(1));
+    let err = c.generate(req).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    scrape_until(maddr, |s| {
+        s.requests("deadline", "DEADLINE_EXCEEDED") == 1.0 && s.total(m::REQUESTS) == 7.0
+    })
+    .await;
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

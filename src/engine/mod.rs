@@ -53,6 +53,9 @@ pub struct Job {
     pub opts: GenerateOptions,
     /// Return the prompt's tokens in the first message.
     pub echo: bool,
+    /// A unary call: its client sees DEADLINE_EXCEEDED or CANCELLED where a stream gets a final
+    /// message with that finish reason (for how the request is counted and logged).
+    pub unary: bool,
     /// When the server received it.
     pub arrival: Instant,
     /// Where its messages go; see [`Engine::channel`].

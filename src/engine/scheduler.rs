@@ -47,6 +47,10 @@ struct Running {
     ended: bool,
     /// Its logits are ready to sample in this step.
     sample_now: bool,
+    /// A unary call (see [`Job::unary`]).
+    unary: bool,
+    /// When its generation must end.
+    deadline: Option<Instant>,
 }
 
 /// A request ready to be admitted: tokenized, its reservation known.
@@ -201,8 +205,14 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 }
             });
         if !parts.is_empty() {
-            let tokens = parts.iter().map(|p| p.n).sum();
-            metrics::step(parts.len(), tokens, step_started.elapsed());
+            let prompt_tokens: usize = parts[decoding..].iter().map(|p| p.n).sum();
+            let kind = match (decoding, prompt_tokens) {
+                (_, 0) => "decode",
+                (0, _) => "prefill",
+                _ => "mixed",
+            };
+            let took = step_started.elapsed();
+            metrics::step(kind, parts.len(), decoding + prompt_tokens, took);
         }
 
         // Release what ended; keep its cache's memory for the next requests.
@@ -216,33 +226,37 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
                 i += 1;
             }
         }
-        state.running.store(running.len(), Ordering::SeqCst);
+        // The budget first: a reader that sees no request running sees none of it reserved.
         state.kv_tokens_used.store(kv_used as u64, Ordering::SeqCst);
+        state.running.store(running.len(), Ordering::SeqCst);
     }
 }
 
 /// Tokenizes and checks `job` and sizes its reservation; on a refusal, answers it and returns
 /// None.
 fn prepare(m: &LoadedModel, job: Job, cfg: &EngineConfig, state: &EngineState) -> Option<Ready> {
+    let waited = job.arrival.elapsed();
     if job.tx.is_closed() {
-        // The client left while it waited.
-        log_end(&job.request_id, "cancelled", Code::Cancelled, None);
+        // The client left while it waited (a unary call whose deadline came, or any client that
+        // gave up).
+        let late = job.opts.deadline.is_some_and(|d| Instant::now() >= d);
+        let (reason, code) = if late {
+            ("deadline", Code::DeadlineExceeded)
+        } else {
+            ("cancelled", Code::Cancelled)
+        };
+        log_end(&job.request_id, reason, code, waited, None);
         return None;
     }
     let refuse = |job: &Job, status: Status| {
-        log_end(
-            &job.request_id,
-            "error",
-            status.code(),
-            Some(status.message()),
-        );
+        let error = Some(status.message());
+        log_end(&job.request_id, "error", status.code(), waited, error);
         let _ = job.tx.try_send(Err(status));
     };
     if state.cancel_all.load(Ordering::SeqCst) {
-        refuse(
-            &job,
-            Status::cancelled("cancelled: the server shut down before the request ran"),
-        );
+        let status = Status::cancelled("cancelled: the server shut down before the request ran");
+        log_end(&job.request_id, "cancelled", Code::Cancelled, waited, None);
+        let _ = job.tx.try_send(Err(status));
         return None;
     }
     let tok = &m.tokenizer;
@@ -323,6 +337,7 @@ fn admit(
     let c = m.model.config();
     let tok = &m.tokenizer;
     job.opts.max_new_tokens = reserve - prompt.len();
+    let (unary, deadline) = (job.unary, job.opts.deadline);
     // A client that has gone, or a drain past its timeout, ends the request before the next
     // forward pass.
     let (gone, st) = (job.tx.clone(), state.clone());
@@ -336,12 +351,8 @@ fn admit(
                 GenerateError::Forward(e) => Status::internal(e.to_string()),
                 e => Status::invalid_argument(e.to_string()),
             };
-            log_end(
-                &job.request_id,
-                "error",
-                status.code(),
-                Some(status.message()),
-            );
+            let (waited, error) = (job.arrival.elapsed(), Some(status.message()));
+            log_end(&job.request_id, "error", status.code(), waited, error);
             let _ = job.tx.try_send(Err(status));
             return None;
         }
@@ -377,8 +388,10 @@ fn admit(
         },
         ended: false,
         sample_now: false,
+        unary,
+        deadline,
     };
-    metrics::admitted(now.saturating_duration_since(r.times.arrival));
+    metrics::left_queue(now.saturating_duration_since(r.times.arrival));
     if let Some(reason) = r.session.interrupted() {
         finish(&mut r, reason, state);
         return None;
@@ -447,12 +460,13 @@ fn sample(m: &LoadedModel, r: &mut Running, state: &EngineState) {
         let msg = token_message(tok, &r.request_id, ev, r.echo.take().unwrap_or_default());
         if let Err(code) = send(r, msg) {
             r.ended = true;
-            let reason = if code == Code::Cancelled {
-                "cancelled"
-            } else {
-                "error"
+            // The token just sampled never reached the client.
+            let streamed = r.session.ids.len().saturating_sub(1);
+            let (reason, code) = match code {
+                Code::ResourceExhausted => ("error", code),
+                _ => outcome(r, FinishReason::Cancelled),
             };
-            ended(r, reason, code, None);
+            ended(r, reason, code, streamed, None);
             return;
         }
         metrics::token(first, since);
@@ -485,15 +499,37 @@ fn fail(r: &mut Running, status: Status) {
         return;
     }
     r.ended = true;
-    ended(r, "error", status.code(), Some(status.message()));
+    let generated = r.session.ids.len();
+    ended(r, "error", status.code(), generated, Some(status.message()));
     let _ = r.tx.try_send(Err(status));
 }
 
-/// Records how a request that ran ended, and logs it: one line per request.
-fn ended(r: &Running, finish_reason: &'static str, code: Code, error: Option<&str>) {
+/// How a request that reached `reason` ended for its client: the finish reason and the gRPC
+/// code it saw. A stream gets a final message (OK) whatever the reason; a unary call fails
+/// with DEADLINE_EXCEEDED or CANCELLED; a client that has gone saw CANCELLED, or its deadline.
+fn outcome(r: &Running, reason: FinishReason) -> (&'static str, Code) {
+    let gone = r.tx.is_closed();
+    let late = r.deadline.is_some_and(|d| Instant::now() >= d);
+    match reason {
+        _ if gone && late => ("deadline", Code::DeadlineExceeded),
+        _ if gone => ("cancelled", Code::Cancelled),
+        FinishReason::Deadline if r.unary => ("deadline", Code::DeadlineExceeded),
+        FinishReason::Cancelled if r.unary => ("cancelled", Code::Cancelled),
+        reason => (reason.as_str(), Code::Ok),
+    }
+}
+
+/// Records how a request that ran ended (`generated`: tokens its client was sent), and logs it:
+/// one line per request.
+fn ended(
+    r: &Running,
+    finish_reason: &'static str,
+    code: Code,
+    generated: usize,
+    error: Option<&str>,
+) {
     let now = Instant::now();
     let t = &r.times;
-    let generated = r.session.ids.len();
     metrics::request_ended(finish_reason, code);
     metrics::request_totals(now - t.arrival, r.prompt.len(), generated);
     let timings = t.timings(now);
@@ -513,8 +549,16 @@ fn ended(r: &Running, finish_reason: &'static str, code: Code, error: Option<&st
     );
 }
 
-/// Records and logs a request that ended before it ran (refused, or its client left).
-fn log_end(request_id: &str, finish_reason: &'static str, code: Code, error: Option<&str>) {
+/// Records and logs a request that ended before it ran (refused, or its client left) after
+/// waiting `waited` in the queue.
+fn log_end(
+    request_id: &str,
+    finish_reason: &'static str,
+    code: Code,
+    waited: std::time::Duration,
+    error: Option<&str>,
+) {
+    metrics::left_queue(waited);
     metrics::request_ended(finish_reason, code);
     tracing::info!(
         request_id,
@@ -532,16 +576,14 @@ fn finish(r: &mut Running, reason: FinishReason, state: &EngineState) {
     if r.ended {
         return;
     }
-    r.ended = true;
+    // First what may fail (flushing held-back text): a panic here leaves the request to `fail`.
     let (reason, tail) = r.session.finish(reason);
+    r.ended = true;
     let now = Instant::now();
     let timings = r.times.timings(now);
     let generated = r.session.ids.len();
-    // A cancelled request whose client is gone ended as CANCELLED; every other finish sends its
-    // final message and ends the stream with OK.
-    let gone = r.tx.is_closed();
-    let code = if gone { Code::Cancelled } else { Code::Ok };
-    ended(r, reason.as_str(), code, None);
+    let (label, code) = outcome(r, reason);
+    ended(r, label, code, generated, None);
     // Moving average of run times (1/8 weight), for the wait estimate of refusals.
     let run_us = now.saturating_duration_since(r.times.admitted).as_micros() as u64;
     let avg = state.avg_run_us.load(Ordering::SeqCst);

@@ -87,20 +87,27 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let (service, method) = labels(req.uri().path());
-        let started = Instant::now();
+        // Owned by the future from the start: dropped before an answer (the client left during
+        // a unary call, or tonic's timeout fired), it counts the call as CANCELLED.
+        let mut call = Call {
+            service,
+            method,
+            started: Instant::now(),
+            done: false,
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
-            let res = fut.await?;
-            let mut call = Call {
-                service,
-                method,
-                started,
-                done: false,
+            let res = match fut.await {
+                Ok(res) => res,
+                Err(e) => {
+                    call.end(Code::Unknown);
+                    return Err(e);
+                }
             };
             if let Some(code) = status(res.headers()) {
                 call.end(code); // trailers-only answer: the call is over
             }
-            Ok(res.map(|body| Observed { body, call }))
+            Ok(res.map(|body| Observed { call, body }))
         })
     }
 }
@@ -137,8 +144,10 @@ impl Drop for Call {
 /// A response body that records its call's end when the trailers pass.
 #[derive(Debug)]
 pub(super) struct Observed<B> {
-    body: B,
+    // Dropped first (fields drop in order): the call is counted before the body's drop lets
+    // the engine see the client gone.
     call: Call,
+    body: B,
 }
 
 impl<B: Body + Unpin> Body for Observed<B> {

@@ -15,9 +15,13 @@ use super::request::{check_ids, parse_grpc_timeout, validate};
 use crate::engine::{plain_token, Engine, Event, Job};
 use crate::model::LoadedModel;
 
-/// The unary call answers this long before the call's deadline, so that the caller gets
-/// DEADLINE_EXCEEDED from us rather than tonic's own timeout (CANCELLED).
+/// A unary call's generation ends this long before the call's deadline (its finish reason
+/// becomes DEADLINE_EXCEEDED), so that the caller gets that from us rather than tonic's own
+/// timeout (CANCELLED).
 const UNARY_DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+/// The unary call stops waiting this long before its deadline, should the engine's step run past
+/// its own (shorter) deadline.
+const UNARY_WAIT_MARGIN: Duration = Duration::from_millis(10);
 
 /// The service's state.
 pub(super) struct Service {
@@ -38,8 +42,9 @@ impl Service {
     fn submit(
         &self,
         req: Request<pb::GenerateRequest>,
+        unary: bool,
     ) -> Result<(mpsc::Receiver<Event>, Option<Instant>), Status> {
-        self.try_submit(req).inspect_err(|status| {
+        self.try_submit(req, unary).inspect_err(|status| {
             crate::metrics::request_ended("error", status.code());
             tracing::info!(
                 code = crate::metrics::code_name(status.code()),
@@ -52,6 +57,7 @@ impl Service {
     fn try_submit(
         &self,
         req: Request<pb::GenerateRequest>,
+        unary: bool,
     ) -> Result<(mpsc::Receiver<Event>, Option<Instant>), Status> {
         let arrival = Instant::now();
         if self.draining.load(Ordering::SeqCst) {
@@ -81,7 +87,11 @@ impl Service {
         };
         let c = self.model.model.config();
         let seed = seed_base().wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let v = validate(req, &self.limits, c.n_vocab, c.n_ctx, seed, deadline)?;
+        let ends = match deadline {
+            Some(d) if unary => Some(d.checked_sub(UNARY_DEADLINE_MARGIN).unwrap_or(d)),
+            d => d,
+        };
+        let v = validate(req, &self.limits, c.n_vocab, c.n_ctx, seed, ends)?;
         let (tx, rx) = self.engine.channel();
         self.engine.submit(Job {
             request_id,
@@ -89,6 +99,7 @@ impl Service {
             max_new_tokens: v.max_new_tokens,
             opts: v.opts,
             echo: v.echo,
+            unary,
             arrival,
             tx,
         })?;
@@ -140,7 +151,7 @@ impl pb::text_generation_server::TextGeneration for Service {
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
-        let (rx, _) = self.submit(req)?;
+        let (rx, _) = self.submit(req, false)?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -148,7 +159,7 @@ impl pb::text_generation_server::TextGeneration for Service {
         &self,
         req: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
-        let (mut rx, deadline) = self.submit(req)?;
+        let (mut rx, deadline) = self.submit(req, true)?;
         let collect = async move {
             let mut out = pb::GenerateResponse::default();
             while let Some(m) = rx.recv().await {
@@ -158,7 +169,7 @@ impl pb::text_generation_server::TextGeneration for Service {
         };
         let out = match deadline {
             Some(d) => {
-                let at = d.checked_sub(UNARY_DEADLINE_MARGIN).unwrap_or(d);
+                let at = d.checked_sub(UNARY_WAIT_MARGIN).unwrap_or(d);
                 tokio::time::timeout_at(at.into(), collect)
                     .await
                     .map_err(|_| Status::deadline_exceeded("the deadline passed"))??

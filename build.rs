@@ -26,15 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
-    let sha = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    // A build without the repository (a container build's context) may pass the commit in.
+    println!("cargo:rerun-if-env-changed=QGPT_GIT_SHA");
+    let given = std::env::var("QGPT_GIT_SHA")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned());
+        .filter(|s| !s.trim().is_empty());
+    let sha = given.map(|s| s.trim().to_owned()).unwrap_or_else(git_sha);
     println!("cargo:rustc-env=QGPT_GIT_SHA={sha}");
     for path in [".git/HEAD", ".git/refs/heads"] {
         if std::path::Path::new(path).exists() {
@@ -43,4 +40,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-changed=build.rs");
     Ok(())
+}
+
+/// The repository's HEAD commit (12 hex digits), or "unknown" outside a git checkout.
+fn git_sha() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

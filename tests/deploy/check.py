@@ -58,6 +58,15 @@ def exported_metrics():
     return names | {n + s for n in names for s in ("_bucket", "_sum", "_count")}
 
 
+def dockerfile_env():
+    """The ENV settings of the Dockerfile's final stage."""
+    final = DOCKERFILE.read_text().split("\nFROM ")[-1]
+    env = {}
+    for block in re.findall(r"^ENV (.*?)(?<!\\)$", final, re.M | re.S):
+        env.update(re.findall(r"(QGPT_[A-Z_]+)=(\S+)", block))
+    return env
+
+
 def serve_help(binary):
     out = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True, check=True)
     text = out.stdout
@@ -133,10 +142,16 @@ def check_manifests(binary, rendered):
         if flag.startswith("--") and flag not in flags:
             fail(f"Deployment args: {flag} is not a flag of `qgpt serve --help`")
 
-    # Ports: the container's named ports are the ports qgpt listens on.
+    # Ports: the container's named ports are the ports qgpt listens on (the ConfigMap's value,
+    # else the image's ENV, else the flag's default).
+    image_env = dockerfile_env()
     ports = {p["name"]: p["containerPort"] for p in qgpt["ports"]}
-    grpc_port = int(env.get("QGPT_PORT", defaults.get("--port", "0")))
-    metrics_port = int(env.get("QGPT_METRICS_PORT", defaults.get("--metrics-port", "0")))
+
+    def setting(var, flag):
+        return int(env.get(var, image_env.get(var, defaults.get(flag, "0"))))
+
+    grpc_port = setting("QGPT_PORT", "--port")
+    metrics_port = setting("QGPT_METRICS_PORT", "--metrics-port")
     if ports.get("grpc") != grpc_port:
         fail(f"Deployment: port grpc is {ports.get('grpc')}, qgpt listens on {grpc_port}")
     if ports.get("metrics") != metrics_port:
@@ -163,14 +178,40 @@ def check_manifests(binary, rendered):
                 if p["port"] not in ports and p["port"] not in ports.values():
                     fail(f"NetworkPolicy: port {p['port']} is no container port")
 
-    # Resources: requests = limits (Guaranteed QoS; the CPU limit sizes qgpt's pool).
+    # Resources: requests = limits in every container, init containers included (Guaranteed
+    # QoS; the CPU limit sizes qgpt's pool).
     for c in pod["containers"] + pod.get("initContainers", []):
         r = c.get("resources", {})
         for res in ("cpu", "memory"):
             if res not in r.get("limits", {}):
                 fail(f"container {c['name']}: no {res} limit")
-        if c["name"] == "qgpt" and r.get("requests") != r.get("limits"):
-            fail("container qgpt: requests differ from limits")
+        if r.get("requests") != r.get("limits"):
+            fail(f"container {c['name']}: requests differ from limits")
+
+    # Selectors: every Service, the PodDisruptionBudget and the NetworkPolicy select the pods;
+    # the HorizontalPodAutoscaler scales this Deployment.
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+
+    def selects(selector, labels):
+        return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+    if not selects(deploy["spec"]["selector"]["matchLabels"], pod_labels):
+        fail("Deployment: its selector does not match its pod labels")
+    for svc in by_kind["Service"]:
+        if not selects(svc["spec"].get("selector"), pod_labels):
+            fail(f"Service {svc['metadata']['name']}: selects no qgpt pod")
+    for pdb in by_kind.get("PodDisruptionBudget", []):
+        if not selects(pdb["spec"]["selector"].get("matchLabels"), pod_labels):
+            fail("PodDisruptionBudget: selects no qgpt pod")
+    for np in by_kind.get("NetworkPolicy", []):
+        if not selects(np["spec"]["podSelector"].get("matchLabels"), pod_labels):
+            fail("NetworkPolicy: applies to no qgpt pod")
+    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+        ref = hpa["spec"]["scaleTargetRef"]
+        if (ref["kind"], ref["name"]) != ("Deployment", deploy["metadata"]["name"]):
+            fail(f"HorizontalPodAutoscaler: scales {ref['kind']} {ref['name']}")
+    if "replicas" in deploy["spec"] and by_kind.get("HorizontalPodAutoscaler"):
+        fail("Deployment: sets replicas, which a re-apply would reset under the autoscaler")
 
     # Termination: grace > preStop + drain timeout.
     grace = pod.get("terminationGracePeriodSeconds", 30)
@@ -183,11 +224,20 @@ def check_manifests(binary, rendered):
     # Monitoring: the ServiceMonitor scrapes the Service port that carries /metrics; the rules
     # are alerts.yml's.
     for sm in by_kind.get("ServiceMonitor", []):
+        chosen = [
+            s for s in by_kind["Service"]
+            if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"].get("labels", {}))
+        ]
         for ep in sm["spec"]["endpoints"]:
             if ep.get("path", "/metrics") != "/metrics":
                 fail(f"ServiceMonitor: path {ep['path']} is not /metrics")
-            if not any(p["name"] == ep["port"] for s in by_kind["Service"] for p in s["spec"]["ports"]):
-                fail(f"ServiceMonitor: port {ep['port']} is on no Service")
+            scraped = [s for s in chosen if any(p["name"] == ep["port"] for p in s["spec"]["ports"])]
+            if not scraped:
+                fail(f"ServiceMonitor: no Service it selects has port {ep['port']}")
+            for s in scraped:
+                (port,) = [p for p in s["spec"]["ports"] if p["name"] == ep["port"]]
+                if ports.get(port["targetPort"], port["targetPort"]) != metrics_port:
+                    fail(f"ServiceMonitor: port {ep['port']} does not lead to the metrics port")
     for rule in by_kind.get("PrometheusRule", []):
         if rule["spec"]["groups"] != yaml.safe_load(ALERTS.read_text())["groups"]:
             fail("PrometheusRule differs from deploy/prometheus/alerts.yml (run check.py --fix)")
@@ -199,7 +249,12 @@ def check_manifests(binary, rendered):
 
     # The image's own defaults.
     docker = DOCKERFILE.read_text()
-    check_env_names("Dockerfile", re.findall(r"\b(QGPT_[A-Z_]+)=", docker.split("FROM gcr.io")[-1]), envs, help_text)
+    check_env_names("Dockerfile", image_env.keys(), envs, help_text)
+    if image_env.get("QGPT_MODEL") != "/models/model.gguf":
+        fail("Dockerfile: QGPT_MODEL is not /models/model.gguf")
+    mounts = {m["mountPath"] for m in qgpt.get("volumeMounts", []) if m.get("readOnly")}
+    if "/models" not in mounts:
+        fail("Deployment: /models is not mounted read-only")
     for port in (grpc_port, metrics_port):
         if not re.search(rf"^EXPOSE .*\b{port}\b", docker, re.M):
             fail(f"Dockerfile: port {port} is not exposed")

@@ -9,7 +9,7 @@ qgpt=$(realpath "$1")
 model=$2
 rendered=$3
 py=${PY:-python3}
-requests=8
+requests=24
 
 budget=$("$py" - "$rendered" <<'PYEOF'
 import sys, yaml
@@ -33,23 +33,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One core of quota: cgroup v2 (cpu.max) or v1 (cfs quota), else one CPU of affinity.
+# One core of quota: a child cgroup with cpu.max (v2) or a CFS quota (v1). Where none can be
+# made (an unprivileged container), one CPU of affinity instead, said loudly: that proves the
+# pool follows sched_getaffinity, not the quota.
 launch=()
-if [ -f /sys/fs/cgroup/cgroup.controllers ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers \
-  && mkdir "/sys/fs/cgroup/qgpt-quota-$$" 2>/dev/null; then
-  cg=/sys/fs/cgroup/qgpt-quota-$$
-  echo "100000 100000" > "$cg/cpu.max" || { rmdir "$cg"; cg=""; }
+v2=/sys/fs/cgroup
+if [ -f "$v2/cgroup.subtree_control" ] && grep -qw cpu "$v2/cgroup.subtree_control" \
+  && mkdir "$v2/qgpt-quota-$$" 2>/dev/null; then
+  cg=$v2/qgpt-quota-$$
+  echo "100000 100000" > "$cg/cpu.max" 2>/dev/null || { rmdir "$cg"; cg=""; }
 elif [ -d /sys/fs/cgroup/cpu ] && mkdir "/sys/fs/cgroup/cpu/qgpt-quota-$$" 2>/dev/null; then
   cg=/sys/fs/cgroup/cpu/qgpt-quota-$$
-  { echo 100000 > "$cg/cpu.cfs_period_us" && echo 100000 > "$cg/cpu.cfs_quota_us"; } \
+  { echo 100000 > "$cg/cpu.cfs_period_us" && echo 100000 > "$cg/cpu.cfs_quota_us"; } 2>/dev/null \
     || { rmdir "$cg"; cg=""; }
 fi
 if [ -n "$cg" ]; then
   echo "CPU quota: 1 core in cgroup $cg"
   launch=(sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$cg")
 else
-  echo "CPU quota: no cgroup could be made here; affinity to one CPU (taskset -c 0)"
-  launch=(taskset -c 0)
+  cpu=$(taskset -pc $$ | sed 's/.*: //; s/[,-].*//')
+  echo "WARNING: no cgroup could be made here: testing one CPU of affinity (CPU $cpu) instead"
+  launch=(taskset -c "$cpu")
 fi
 
 free_port() {
@@ -57,15 +61,22 @@ free_port() {
 }
 port=$(free_port)
 mport=$(free_port)
-# One request at a time: the streams queue up, so SIGTERM comes with several in flight.
-"${launch[@]}" "$qgpt" serve -m "$model" --host 127.0.0.1 --port "$port" --metrics-port "$mport" \
-  --max-running 1 2> "$work/serve.log" &
+# One request at a time: the streams queue up, so SIGTERM comes with several in flight. Text
+# logs at info whatever the caller's environment says.
+env -u RUST_LOG -u QGPT_LOG_FORMAT -u QGPT_THREADS "${launch[@]}" "$qgpt" serve -m "$model" \
+  --host 127.0.0.1 --port "$port" --metrics-port "$mport" --max-running 1 2> "$work/serve.log" &
 server=$!
 pids+=("$server")
 for _ in $(seq 300); do
-  grep -q '"serving"\|serving' "$work/serve.log" && break
+  grep -q " serving " "$work/serve.log" && break
+  kill -0 "$server" 2>/dev/null || break
   sleep 0.1
 done
+grep -q " serving " "$work/serve.log" || { echo "FAIL: qgpt serve never served:" >&2; cat "$work/serve.log" >&2; exit 1; }
+if [ -n "$cg" ] && ! grep -q "qgpt-quota-$$" "/proc/$server/cgroup"; then
+  echo "FAIL: qgpt serve is not in $cg" >&2
+  exit 1
+fi
 if ! grep -q "compute pool sized threads=1 " "$work/serve.log"; then
   echo "FAIL: the pool was not sized to one thread:" >&2
   cat "$work/serve.log" >&2
@@ -102,5 +113,8 @@ print(f"loadtest: {lt['ok']} of {lt['requests']} complete, errors {lt['errors']}
 assert lt["ok"] == n and not lt["errors"], "every in-flight and queued stream must finish"
 assert took < budget, f"drain took {took} s, the grace period leaves {budget} s"
 PYEOF
-grep -q "draining" "$work/serve.log"
+# The drain began with streams running or queued.
+in_flight=$(sed -n 's/.*draining in_flight=\([0-9]*\).*/\1/p' "$work/serve.log")
+echo "in flight at SIGTERM: ${in_flight:-none}"
+[ "${in_flight:-0}" -ge 2 ] || { echo "FAIL: fewer than 2 requests in flight at SIGTERM" >&2; exit 1; }
 echo ok

@@ -126,7 +126,7 @@ async fn metrics_add_up_to_what_clients_received() {
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, maddr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
     let config = ServeConfig {
-        model: fixture("models/small-q8_0.gguf"),
+        model: Some(fixture("models/small-q8_0.gguf")),
         addr,
         limits: Limits::default(),
         transport: Transport::default(),

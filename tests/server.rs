@@ -50,7 +50,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = ServeConfig {
-            model: fixture(model),
+            model: Some(fixture(model)),
             addr,
             limits,
             transport: Transport::default(),
@@ -838,7 +838,7 @@ async fn health_is_not_serving_while_the_model_loads() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = ServeConfig {
-        model: fifo.clone(),
+        model: Some(fifo.clone()),
         addr,
         limits: Limits::default(),
         transport: Transport::default(),

@@ -5,15 +5,15 @@ use std::path::PathBuf;
 use super::{init_threads, print_flush, CliError};
 use qgpt::generate::{generate, GenerateOptions};
 use qgpt::memory::Resident;
-use qgpt::model::LoadedModel;
 use qgpt::sampling::SamplingParams;
 
 /// Arguments of `qgpt generate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// GGUF model file.
+    /// GGUF model file (default: the embedded demo model, a small GPT-2 trained on the King
+    /// James Bible).
     #[arg(short, long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Prompt text.
     #[arg(
         short,
@@ -81,7 +81,13 @@ fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
 pub fn run(args: Args) -> Result<(), CliError> {
     init_threads(args.threads)?;
     let isa = qgpt::kernels::init()?.isa;
-    let m = LoadedModel::open(&args.model)?;
+    if args.model.is_none() {
+        eprintln!(
+            "model: {} (no --model given: a small GPT-2 trained on the King James Bible)",
+            qgpt::demo::NAME
+        );
+    }
+    let m = qgpt::demo::load_or_demo(args.model.as_deref())?;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
         (Some(text), None) => m.tokenizer.encode(text)?,

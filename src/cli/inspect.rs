@@ -13,9 +13,13 @@ use qgpt::model::LoadedModel;
 
 /// Arguments of `qgpt inspect`.
 #[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["file", "demo"]))]
 pub struct Args {
     /// GGUF file.
-    file: PathBuf,
+    file: Option<PathBuf>,
+    /// Show the demo model embedded in the binary instead of a file.
+    #[arg(long)]
+    demo: bool,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -25,12 +29,16 @@ fn mib(bytes: u64) -> f64 {
 /// Prints the file's structure; exits with an error if it is not a servable GPT-2 model.
 pub fn run(args: Args) -> Result<(), CliError> {
     let start = Instant::now();
-    let file = Arc::new(GgufFile::open(&args.file)?);
+    let (file, shown) = match &args.file {
+        Some(path) => (GgufFile::open(path)?, path.display().to_string()),
+        None => (qgpt::demo::file()?, qgpt::demo::NAME.to_owned()),
+    };
+    let file = Arc::new(file);
     let mut s = String::new();
     writeln!(
         s,
         "file: {} ({} bytes, {:.2} MiB), GGUF v{}, alignment {}, {} metadata keys, {} tensors",
-        args.file.display(),
+        shown,
         file.len(),
         mib(file.len()),
         file.version(),

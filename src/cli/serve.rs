@@ -11,9 +11,10 @@ use qgpt::server::{serve_on, Batching, Limits, ServeConfig, TlsFiles, Transport}
 /// Arguments of `qgpt serve`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// GGUF model file.
+    /// GGUF model file (default: the demo model embedded in the binary, a small GPT-2 trained on
+    /// the King James Bible).
     #[arg(short, long, env = "QGPT_MODEL")]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "QGPT_HOST", default_value = "0.0.0.0")]
     host: IpAddr,

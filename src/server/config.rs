@@ -9,8 +9,8 @@ use crate::model::KvType;
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// The GGUF model file.
-    pub model: PathBuf,
+    /// The GGUF model file; None: the demo model embedded in the binary.
+    pub model: Option<PathBuf>,
     /// Address of the gRPC listener.
     pub addr: SocketAddr,
     /// Per-request limits.

@@ -9,7 +9,11 @@ use crate::gguf::{file_type_short_name, Value};
 use crate::model::LoadedModel;
 
 /// Describes the loaded model, the kernels and the cache type in use.
-pub(super) fn model_info(m: &LoadedModel, path: &Path, isa: &str) -> pb::GetModelInfoResponse {
+pub(super) fn model_info(
+    m: &LoadedModel,
+    path: Option<&Path>,
+    isa: &str,
+) -> pb::GetModelInfoResponse {
     let file = m.model.file();
     let c = m.model.config();
     let t = &m.tokenizer;
@@ -36,10 +40,13 @@ pub(super) fn model_info(m: &LoadedModel, path: &Path, isa: &str) -> pb::GetMode
     pb::GetModelInfoResponse {
         architecture: text("general.architecture"),
         name: text("general.name"),
-        file_name: path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file_name: match path {
+            Some(p) => p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            None => crate::demo::NAME.to_owned(),
+        },
         file_size_bytes: file.len(),
         parameter_count: file.tensors().iter().map(|t| t.n_elements()).sum(),
         file_type: file

@@ -191,7 +191,7 @@ pub async fn serve_on(
     );
     let state = engine.state.clone();
     let _ = engine_gauges.set((state.clone(), engine.config.kv_cache_tokens as u64));
-    let info = info::model_info(&model, &config.model, &isa);
+    let info = info::model_info(&model, config.model.as_deref(), &isa);
     let name = if info.name.is_empty() {
         &info.file_name
     } else {
@@ -322,7 +322,7 @@ fn load(cfg: &ServeConfig) -> Result<(LoadedModel, String), ServeError> {
         .map_err(|e| ServeError::Kernels(e.to_string()))?
         .isa
         .to_string();
-    let mut m = LoadedModel::open(&cfg.model)?;
+    let mut m = crate::demo::load_or_demo(cfg.model.as_deref())?;
     m.model.set_kv_type(cfg.kv_type);
     let first = m.tokenizer.bos().or(m.tokenizer.eos()).unwrap_or(0);
     generate(
@@ -337,7 +337,7 @@ fn load(cfg: &ServeConfig) -> Result<(LoadedModel, String), ServeError> {
     let file = m.model.file();
     let mib = |b: u64| (b as f64 / (1u64 << 20) as f64).round() as u64;
     tracing::info!(
-        path = %cfg.model.display(),
+        path = %cfg.model.as_deref().map_or(crate::demo::NAME.into(), |p| p.display().to_string()),
         mapped_mib = mib(file.len()),
         huge_page_mib = file.huge_page_bytes().map_or(0, mib),
         "model mapped (huge_page_mib: the part on 2 MiB pages, which decode reads faster)"

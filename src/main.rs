@@ -50,6 +50,10 @@ enum Command {
     Perplexity(cli::perplexity::Args),
     /// Serve the gRPC API (qgpt.v1.TextGeneration, health, reflection) until SIGTERM/SIGINT.
     Serve(cli::serve::Args),
+    /// Convert a Hugging Face GPT-2 checkpoint (safetensors) into a GGUF file.
+    Convert(cli::convert::ConvertArgs),
+    /// Requantize a GGUF file (llama-quantize's recipe): Q8_0, Q4_0, Q4_1, F16 or F32.
+    Quantize(cli::convert::QuantizeArgs),
     /// Load a running server with concurrent streams and report throughput and latency.
     Loadtest(cli::loadtest::Args),
 }
@@ -80,6 +84,8 @@ fn main() -> ExitCode {
         Command::Perplexity(a) => cli::perplexity::run(a),
         Command::Serve(a) => cli::serve::run(a),
         Command::Loadtest(a) => cli::loadtest::run(a),
+        Command::Convert(a) => cli::convert::run_convert(a),
+        Command::Quantize(a) => cli::convert::run_quantize(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,3 +42,23 @@ impl std::fmt::Display for Resident {
         )
     }
 }
+
+/// Drops the resident pages of `map[offset..offset + len]`: a tool streaming once through a
+/// mapped file (the converter) keeps its resident set bounded instead of growing to the file's
+/// size. The pages are read again from the file if touched later. Best effort: errors are ignored.
+pub fn release_mapped(map: &memmap2::Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        let len = len.min(map.len().saturating_sub(offset));
+        if len > 0 {
+            // SAFETY: the map is a read-only mapping of a file (never written); MADV_DONTNEED only
+            // discards resident pages, which the kernel reloads from the file on the next access,
+            // so every outstanding `&[u8]` into the map keeps reading the same bytes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
+}

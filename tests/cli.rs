@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{fixture, reference};
+use common::{fixture, reference, tensor_map};
 use serde_json::Value;
 
 fn qgpt(args: &[&str]) -> Output {
@@ -194,6 +194,26 @@ fn bad_arguments_exit_2_with_one_line() {
             "--file",
             "/nonexistent.txt",
         ],
+        &["convert", "/nonexistent-dir", "-o", "/tmp/qgpt-never.gguf"],
+        &[
+            "convert",
+            &fixture("models").display().to_string(),
+            "-o",
+            "/tmp/qgpt-never.gguf",
+        ],
+        &[
+            "quantize",
+            &path("small-q8_0"),
+            "/tmp/qgpt-never.gguf",
+            "Q4_0",
+        ],
+        &["quantize", &path("small-f32"), &path("small-f32"), "Q8_0"],
+        &[
+            "quantize",
+            "/nonexistent.gguf",
+            "/tmp/qgpt-never.gguf",
+            "Q8_0",
+        ],
     ];
     for args in cases {
         let out = qgpt(args);
@@ -202,6 +222,48 @@ fn bad_arguments_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn convert_then_quantize_then_generate() {
+    let dir = std::env::temp_dir().join(format!("qgpt-cli-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f32 = dir.join("small-f32.gguf").display().to_string();
+    let q4 = dir.join("small-q4_0.gguf").display().to_string();
+    let hf = fixture("hf-small").display().to_string();
+    let out = qgpt(&["convert", &hf, "-o", &f32, "--outtype", "f32", "-t", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("28 tensors: F32 ×28") && err.contains("1.7M parameters"),
+        "{err}"
+    );
+    let out = qgpt(&["quantize", &f32, &q4, "q4_0", "-t", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("Q6_K ×1") && err.contains("Q4_0 ×8"), "{err}");
+    // The tensors equal llama.cpp's convert + llama-quantize (general.name and the keys
+    // llama.cpp derives from directory names differ).
+    assert!(
+        tensor_map(std::path::Path::new(&q4)) == tensor_map(&fixture("models/small-q4_0.gguf")),
+        "convert + quantize differs from llama.cpp's convert + llama-quantize"
+    );
+    let s = ok_stdout(&[
+        "generate",
+        "-m",
+        &q4,
+        "-p",
+        "Licensed",
+        "-n",
+        "4",
+        "--temperature",
+        "0",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(s.trim()).unwrap();
+    assert_eq!(v["generated_tokens"], 4);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!std::path::Path::new("/tmp/qgpt-never.gguf").exists());
 }
 
 /// Bad metric settings are refused with exit code 2 naming the flag; `--log-format json` makes

@@ -18,12 +18,11 @@
 
 mod common;
 
-use common::{fixture, reference, Run};
-use qgpt::generate::{generate, GenerateOptions};
+use common::{check_greedy, fixture, reference, Run};
 use qgpt::kernels::{Isa, Kernels};
 use qgpt::model::{KvType, LoadedModel, Logits, Scratch};
 use qgpt::ops::log_softmax;
-use qgpt::sampling::{argmax, SamplingParams};
+use qgpt::sampling::argmax;
 
 /// Float32 arithmetic in a different order than PyTorch's; observed differences are ~1e-5.
 const FORWARD_TOL: f64 = 1e-3;
@@ -76,25 +75,6 @@ fn check_run(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) 
             .unwrap();
     }
     eprintln!("{label}: max |Δ log p| = {worst:.2e} (tolerance {tol:.2e})");
-}
-
-/// Free-running greedy generation matches the reference ids up to its first near-tie.
-fn check_greedy(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) {
-    let opts = GenerateOptions {
-        ignore_eos: true,
-        ..GenerateOptions::new(run.ids.len(), SamplingParams::greedy())
-    };
-    let g = generate(&m.model, &m.tokenizer, prompt, &opts, |_| {
-        std::ops::ControlFlow::Continue(())
-    })
-    .unwrap();
-    let firm = run.margins.iter().take_while(|&&mg| mg > 2.0 * tol).count();
-    assert!(firm > 0 || run.margins[0] <= 2.0 * tol);
-    assert_eq!(
-        &g.ids[..firm],
-        &run.ids[..firm],
-        "{label}: greedy ids before the first near-tie (step {firm})"
-    );
 }
 
 fn check_file(stem: &str, quantized: bool) {

@@ -1,5 +1,6 @@
 //! Block formats against the `gguf` PyPI package (gguf-py), bit for bit. The vectors come from
-//! tests/fixtures/make_fixtures.py.
+//! tests/fixtures/make_fixtures.py; gguf-py has no Q6_K quantizer, so the Q6_K quantization
+//! vectors come from ggml's own `quantize_row_q6_K_ref` (tests/fixtures/convert/make_convert_ref.py).
 
 mod common;
 
@@ -31,8 +32,8 @@ fn check_quantize(ty: GgmlType, stem: &str) {
         assert_eq!(
             g,
             w,
-            "{ty} block {b} differs from gguf-py (source {:?})",
-            &src[b * 32..b * 32 + 32]
+            "{ty} block {b} differs from the reference (source {:?})",
+            &src[b * ty.block_size()..(b + 1) * ty.block_size()]
         );
     }
 }
@@ -75,4 +76,9 @@ fn q4_0_quantize_matches_gguf_py() {
 #[test]
 fn q4_1_quantize_matches_gguf_py() {
     check_quantize(GgmlType::Q4_1, "q4_1");
+}
+
+#[test]
+fn q6_k_quantize_matches_ggml() {
+    check_quantize(GgmlType::Q6_K, "q6_k");
 }

@@ -1,6 +1,7 @@
 //! Subcommands of the `qgpt` binary. Each returns a one-line error; main prints it and exits 2.
 
 pub mod bench;
+pub mod convert;
 pub mod generate;
 pub mod inspect;
 pub mod loadtest;

@@ -114,6 +114,8 @@ pub(super) fn run(m: &LoadedModel, rx: Receiver<Job>, state: Arc<EngineState>, c
             if let Some(r) = admit(m, ready, &state, &running, &mut pool) {
                 kv_used += r.reserve;
                 running.push(r);
+                // The reservation first: a scrape that sees the request running sees its KV.
+                state.kv_tokens_used.store(kv_used as u64, Ordering::SeqCst);
                 state.running.store(running.len(), Ordering::SeqCst);
             }
             // Counted as running before it stops counting as queued: the drain, which waits

@@ -207,6 +207,17 @@ impl GgufFile {
         Some(self.view(info))
     }
 
+    /// Drops the resident pages of bytes `range` of a tensor's data when the file is memory-mapped (see
+    /// [`crate::memory::release_mapped`]); a no-op for bytes in memory.
+    pub fn release(&self, info: &TensorInfo, range: std::ops::Range<usize>) {
+        if let Storage::Mapped(m) = &self.storage {
+            let len = range
+                .len()
+                .min((info.n_bytes as usize).saturating_sub(range.start));
+            crate::memory::release_mapped(m, info.file_offset as usize + range.start, len);
+        }
+    }
+
     /// The bytes of a tensor of this file (bounds were checked at parse time).
     pub fn view<'a>(&'a self, info: &'a TensorInfo) -> TensorView<'a> {
         let start = info.file_offset as usize;

@@ -7,9 +7,11 @@ mod file;
 mod ftype;
 mod tensor;
 mod value;
+mod writer;
 
 pub use error::GgufError;
 pub use file::{GgufFile, DEFAULT_ALIGNMENT};
 pub use ftype::{file_type_name, file_type_short_name};
 pub use tensor::{format_shape, TensorInfo, TensorView, MAX_DIMS};
 pub use value::{Array, Value, ValueType};
+pub use writer::{layout, GgufWriter, Layout, TensorEntry};

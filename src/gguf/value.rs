@@ -47,6 +47,26 @@ impl ValueType {
         })
     }
 
+    /// The on-disk type tag.
+    pub fn tag(self) -> u32 {
+        use ValueType::*;
+        match self {
+            U8 => 0,
+            I8 => 1,
+            U16 => 2,
+            I16 => 3,
+            U32 => 4,
+            I32 => 5,
+            F32 => 6,
+            Bool => 7,
+            String => 8,
+            Array => 9,
+            U64 => 10,
+            I64 => 11,
+            F64 => 12,
+        }
+    }
+
     /// The fewest bytes one value of this type occupies; bounds array counts by the file size.
     fn min_size(self) -> u64 {
         use ValueType::*;

@@ -152,6 +152,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], out: &mut [u8]) -> Result<(), Qua
         GgmlType::Q8_0 => quantize_blocks::<BlockQ8_0>(src, out),
         GgmlType::Q4_0 => quantize_blocks::<BlockQ4_0>(src, out),
         GgmlType::Q4_1 => quantize_blocks::<BlockQ4_1>(src, out),
+        GgmlType::Q6_K => quantize_blocks::<BlockQ6K>(src, out),
         other => return Err(QuantError::NoQuantizer(other)),
     }
     Ok(())

@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use qgpt::generate::{generate, GenerateOptions};
+use qgpt::model::LoadedModel;
+use qgpt::sampling::SamplingParams;
 use serde::Deserialize;
 
 /// Path of a file under tests/fixtures.
@@ -57,4 +60,41 @@ pub fn read_f32(rel: &str) -> Vec<f32> {
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
+}
+
+/// Free-running greedy generation matches the reference ids up to its first near-tie.
+pub fn check_greedy(m: &LoadedModel, label: &str, prompt: &[u32], run: &Run, tol: f64) {
+    let opts = GenerateOptions {
+        ignore_eos: true,
+        ..GenerateOptions::new(run.ids.len(), SamplingParams::greedy())
+    };
+    let g = generate(&m.model, &m.tokenizer, prompt, &opts, |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let firm = run.margins.iter().take_while(|&&mg| mg > 2.0 * tol).count();
+    assert!(firm > 0 || run.margins[0] <= 2.0 * tol);
+    assert_eq!(
+        &g.ids[..firm],
+        &run.ids[..firm],
+        "{label}: greedy ids before the first near-tie (step {firm})"
+    );
+}
+
+/// The tensors of a GGUF file sorted by name: (name, type, bytes).
+pub fn tensor_map(path: &std::path::Path) -> Vec<(String, String, Vec<u8>)> {
+    let f = qgpt::gguf::GgufFile::open(path).unwrap();
+    let mut v: Vec<_> = f
+        .tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.ty.name().to_owned(),
+                f.view(t).data.to_vec(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }

@@ -152,6 +152,11 @@ fn generate_streams_the_text_of_its_ids() {
 
 #[test]
 fn bad_arguments_exit_2_with_one_line() {
+    let never = std::env::temp_dir()
+        .join(format!("qgpt-never-{}.gguf", std::process::id()))
+        .display()
+        .to_string();
+    let never = never.as_str();
     let cases: &[&[&str]] = &[
         &["generate", "-m", "/nonexistent.gguf", "-p", "x"],
         &[
@@ -194,26 +199,16 @@ fn bad_arguments_exit_2_with_one_line() {
             "--file",
             "/nonexistent.txt",
         ],
-        &["convert", "/nonexistent-dir", "-o", "/tmp/qgpt-never.gguf"],
+        &["convert", "/nonexistent-dir", "-o", never],
         &[
             "convert",
             &fixture("models").display().to_string(),
             "-o",
-            "/tmp/qgpt-never.gguf",
+            never,
         ],
-        &[
-            "quantize",
-            &path("small-q8_0"),
-            "/tmp/qgpt-never.gguf",
-            "Q4_0",
-        ],
+        &["quantize", &path("small-q8_0"), never, "Q4_0"],
         &["quantize", &path("small-f32"), &path("small-f32"), "Q8_0"],
-        &[
-            "quantize",
-            "/nonexistent.gguf",
-            "/tmp/qgpt-never.gguf",
-            "Q8_0",
-        ],
+        &["quantize", "/nonexistent.gguf", never, "Q8_0"],
     ];
     for args in cases {
         let out = qgpt(args);
@@ -222,6 +217,7 @@ fn bad_arguments_exit_2_with_one_line() {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("error: "), "{args:?}: {err}");
     }
+    assert!(!std::path::Path::new(never).exists());
 }
 
 #[test]
@@ -263,7 +259,6 @@ fn convert_then_quantize_then_generate() {
     let v: Value = serde_json::from_str(s.trim()).unwrap();
     assert_eq!(v["generated_tokens"], 4);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(!std::path::Path::new("/tmp/qgpt-never.gguf").exists());
 }
 
 /// Bad metric settings are refused with exit code 2 naming the flag; `--log-format json` makes

@@ -511,6 +511,16 @@ fn bad_checkpoints_are_refused_without_output() {
     checkpoint_with(&dir.0, &without("transformer.h.1.mlp.c_fc.bias"), 1);
     refused(&dir, "missing tensors: blk.1.ffn_up.bias");
 
+    let dir = Scratch::new("layers");
+    checkpoint_with(&dir.0, &all, 1);
+    edit_config(&dir.0, |c| {
+        c.insert("n_layer".into(), Json::from(4_000_000_000u64));
+    });
+    refused(
+        &dir,
+        "n_layer 4000000000 but the checkpoint holds only 28 tensors",
+    );
+
     let dir = Scratch::new("arch");
     checkpoint_with(&dir.0, &all, 1);
     edit_config(&dir.0, |c| {
@@ -525,6 +535,7 @@ fn bad_checkpoints_are_refused_without_output() {
     checkpoint_with(&dir.0, &all, 1);
     edit_config(&dir.0, |c| {
         c.insert("n_positions".into(), Json::from(256));
+        c.insert("n_ctx".into(), Json::from(256));
     });
     refused(
         &dir,
@@ -587,4 +598,70 @@ fn bad_checkpoints_are_refused_without_output() {
     checkpoint_with(&dir.0, &all, 2);
     std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
     refused(&dir, "model-00002-of-00002.safetensors");
+}
+
+#[test]
+fn original_gpt2_layout_converts_like_llama_cpp() {
+    // The original GPT-2 uploads: names without "transformer.", causal-mask buffers saved beside
+    // the weights (U8, as some exports have them, and F32), and a tokenizer.json whose model has
+    // no "type". llama.cpp drops the buffers; the result must be its F32 conversion.
+    let dir = Scratch::new("openai");
+    let mut tensors: Vec<_> = small_tensors()
+        .into_iter()
+        .map(|(n, d, sh, b)| (n.trim_start_matches("transformer.").to_owned(), d, sh, b))
+        .collect();
+    for l in 0..2 {
+        tensors.push((
+            format!("h.{l}.attn.bias"),
+            Dtype::U8,
+            vec![1, 1, 4, 4],
+            vec![1; 16],
+        ));
+        tensors.push((
+            format!("h.{l}.attn.masked_bias"),
+            Dtype::F32,
+            vec![],
+            vec![0; 4],
+        ));
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    checkpoint_with(&dir.0, &tensors, 1);
+    let tj_path = dir.join("tokenizer.json");
+    let mut tj: Json = serde_json::from_str(&std::fs::read_to_string(&tj_path).unwrap()).unwrap();
+    tj["model"].as_object_mut().unwrap().remove("type");
+    std::fs::write(&tj_path, tj.to_string()).unwrap();
+    let out = dir.join("out.gguf");
+    convert(&dir.0, &out, OutType::F32).unwrap();
+    let file = GgufFile::open(&out).unwrap();
+    let want = &llama_cpp_ref()["outtypes"]["f32"];
+    check_metadata(&file, &want["metadata"], "original layout");
+    check_tensors(&file, &want["tensors"], "original layout");
+}
+
+#[test]
+fn an_untied_head_gets_q6_k_and_the_embedding_stays_q4() {
+    // With lm_head.weight saved, llama.cpp writes output.weight; llama-quantize's Q4_0 recipe
+    // then gives the head Q6_K and the embedding plain Q4_0.
+    let dir = Scratch::new("untied");
+    let mut tensors = small_tensors();
+    let wte = tensors
+        .iter()
+        .find(|t| t.0 == "transformer.wte.weight")
+        .unwrap()
+        .clone();
+    tensors.insert(0, ("lm_head.weight".into(), wte.1, wte.2, wte.3));
+    checkpoint_with(&dir.0, &tensors, 1);
+    edit_config(&dir.0, |c| {
+        c.insert("tie_word_embeddings".into(), Json::from(false));
+    });
+    let out = dir.join("q4.gguf");
+    convert(&dir.0, &out, OutType::Q4_0).unwrap();
+    assert_eq!(ty_of(&out, "output.weight"), "Q6_K");
+    assert_eq!(ty_of(&out, "token_embd.weight"), "Q4_0");
+    let f = GgufFile::open(&out).unwrap();
+    assert_eq!(
+        f.tensors()[0].name,
+        "output.weight",
+        "llama.cpp's order: lm_head sorts first"
+    );
 }

@@ -76,8 +76,8 @@ fn progress_bar(hidden: bool) -> ProgressBar {
     bar
 }
 
-/// Removes a half-written output if the process is interrupted (SIGINT/SIGTERM), then exits
-/// with 128 + the signal number.
+/// Removes a half-written output if the process is interrupted (SIGINT, SIGTERM, SIGHUP), then
+/// exits with 128 + the signal number.
 fn clean_up_on_signal() {
     std::thread::spawn(|| {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -90,15 +90,17 @@ fn clean_up_on_signal() {
             #[cfg(unix)]
             {
                 use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut int), Ok(mut term)) = (
+                let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
                     signal(SignalKind::interrupt()),
                     signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
                 ) else {
                     return None;
                 };
                 tokio::select! {
                     _ = int.recv() => Some(130),
                     _ = term.recv() => Some(143),
+                    _ = hup.recv() => Some(129),
                 }
             }
             #[cfg(not(unix))]
@@ -107,8 +109,11 @@ fn clean_up_on_signal() {
             }
         });
         if let Some(code) = code {
-            convert::output::remove_pending();
-            eprintln!("interrupted: no output written");
+            if convert::output::remove_pending() > 0 {
+                eprintln!("interrupted: the partial output was removed");
+            } else {
+                eprintln!("interrupted");
+            }
             std::process::exit(code);
         }
     });

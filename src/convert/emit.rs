@@ -76,6 +76,9 @@ fn write_rows<W: Write>(
     let e = &job.entry;
     let row_len = e.row_len() as usize;
     let n_rows = e.n_rows() as usize;
+    if row_len == 0 || n_rows == 0 {
+        return Ok(()); // no data (both readers refuse zero dimensions anyway)
+    }
     let row_bytes =
         e.ty.row_bytes(row_len as u64)
             .expect("the layout checked whole blocks") as usize;

@@ -102,6 +102,14 @@ pub fn params(config: &Map<String, Json>) -> Result<Gpt2Params, ConvertError> {
         )));
     }
     let n_positions = required(config, "n_positions")?;
+    let n_ctx = uint(config, "n_ctx")?.unwrap_or(n_positions);
+    if n_ctx != n_positions {
+        // llama.cpp would write n_ctx as the context length beside an n_positions-row position
+        // embedding, a file that neither it nor qgpt can use past the shorter of the two.
+        return Err(ConvertError::Config(format!(
+            "n_ctx {n_ctx} differs from n_positions {n_positions}"
+        )));
+    }
     let eps = match config.get("layer_norm_epsilon") {
         None => 1e-5,
         Some(v) => v
@@ -115,7 +123,7 @@ pub fn params(config: &Map<String, Json>) -> Result<Gpt2Params, ConvertError> {
         n_embd,
         n_head,
         n_positions,
-        n_ctx: uint(config, "n_ctx")?.unwrap_or(n_positions),
+        n_ctx,
         n_ff: uint(config, "n_inner")?.unwrap_or(4 * n_embd),
         n_vocab: required(config, "vocab_size")?,
         eps,
@@ -172,6 +180,16 @@ fn target(p: &Gpt2Params, hf: &str) -> Option<(String, Vec<usize>, bool)> {
 
 /// Maps every checkpoint tensor (in checkpoint order) and checks that the model is complete.
 pub fn map_tensors(ck: &Checkpoint, p: &Gpt2Params) -> Result<Vec<Mapped>, ConvertError> {
+    // A layer has 12 tensors: a config promising more layers than the checkpoint has tensors is
+    // refused before anything is sized by its n_layer (the list of missing names below stays
+    // within 12 × the tensor count).
+    if p.n_layer > ck.tensors.len() {
+        return Err(ConvertError::Config(format!(
+            "n_layer {} but the checkpoint holds only {} tensors",
+            p.n_layer,
+            ck.tensors.len()
+        )));
+    }
     let mut out = Vec::new();
     for (i, t) in ck.tensors.iter().enumerate() {
         let hf = t.name.strip_prefix("transformer.").unwrap_or(&t.name);
@@ -187,6 +205,7 @@ pub fn map_tensors(ck: &Checkpoint, p: &Gpt2Params) -> Result<Vec<Mapped>, Conve
                 p.n_layer
             ))
         })?;
+        ck.source_type(t)?;
         if t.shape != shape {
             return Err(ConvertError::Shape {
                 name: t.name.clone(),
@@ -265,8 +284,8 @@ mod tests {
     fn reads_gpt2_params() {
         let p = params(&config("")).unwrap();
         assert_eq!((p.n_ff, p.n_ctx, p.eps), (256, 128, 1e-5));
-        let p = params(&config(r#", "n_inner": 100, "n_ctx": 64"#)).unwrap();
-        assert_eq!((p.n_ff, p.n_ctx), (100, 64));
+        let p = params(&config(r#", "n_inner": 100, "n_ctx": 128"#)).unwrap();
+        assert_eq!((p.n_ff, p.n_ctx), (100, 128));
     }
 
     #[test]
@@ -279,6 +298,8 @@ mod tests {
         assert!(e.to_string().contains("multiple"), "{e}");
         let e = params(&config(r#", "n_layer": -1"#)).unwrap_err();
         assert!(e.to_string().contains("n_layer"), "{e}");
+        let e = params(&config(r#", "n_ctx": 64"#)).unwrap_err();
+        assert!(e.to_string().contains("differs from n_positions"), "{e}");
         let e = params(&config(r#", "scale_attn_by_inverse_layer_idx": true"#)).unwrap_err();
         assert!(e.to_string().contains("scale_attn"), "{e}");
     }

@@ -57,8 +57,9 @@ impl SourceType {
 pub struct SourceTensor {
     /// Name in the checkpoint, e.g. `transformer.h.0.attn.c_attn.weight`.
     pub name: String,
-    /// Element type.
-    pub ty: SourceType,
+    /// Element type, or the safetensors dtype qgpt does not convert (refused only if the tensor
+    /// is used: old checkpoints store attention-mask buffers as U8 or BOOL).
+    pub ty: Result<SourceType, String>,
     /// Shape, outermost first (PyTorch order).
     pub shape: Vec<usize>,
     part: usize,
@@ -141,15 +142,12 @@ fn part_names(dir: &Path) -> Result<(Vec<String>, BTreeSet<String>), ConvertErro
     Ok((parts, BTreeSet::new()))
 }
 
-fn source_type(path: &Path, name: &str, dtype: Dtype) -> Result<SourceType, ConvertError> {
+fn source_type(dtype: Dtype) -> Result<SourceType, String> {
     match dtype {
         Dtype::F32 => Ok(SourceType::F32),
         Dtype::F16 => Ok(SourceType::F16),
         Dtype::BF16 => Ok(SourceType::BF16),
-        other => Err(input(
-            path,
-            format!("tensor {name} has dtype {other:?}: qgpt converts F32, F16 and BF16 weights"),
-        )),
+        other => Err(format!("{other:?}")),
     }
 }
 
@@ -189,7 +187,7 @@ impl Checkpoint {
                     ));
                 }
                 tensors.push(SourceTensor {
-                    ty: source_type(&path, &tname, info.dtype)?,
+                    ty: source_type(info.dtype),
                     name: tname,
                     shape: info.shape.clone(),
                     part: i,
@@ -229,6 +227,19 @@ impl Checkpoint {
             .len()
             .min((t.end - t.start).saturating_sub(range.start));
         crate::memory::release_mapped(&self.parts[t.part].map, t.start + range.start, len);
+    }
+
+    /// The element type of `t`, or an error naming its dtype.
+    pub fn source_type(&self, t: &SourceTensor) -> Result<SourceType, ConvertError> {
+        t.ty.clone().map_err(|dtype| {
+            input(
+                self.part_path(t),
+                format!(
+                    "tensor {} has dtype {dtype}: qgpt converts F32, F16 and BF16 weights",
+                    t.name
+                ),
+            )
+        })
     }
 
     /// The shard holding `t`, for messages.

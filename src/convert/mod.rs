@@ -174,6 +174,7 @@ pub fn convert_hf(
     let ck = &opened;
     let p = gpt2::params(&ck.config)?;
     let mapped = gpt2::map_tensors(ck, &p)?;
+    let tied = !mapped.iter().any(|m| m.name == "output.weight");
     let tokenizer = vocab::tokenizer_metadata(dir, &ck.config, p.n_vocab)?;
     let inputs: Vec<&Path> = ck.tensors.iter().map(|t| ck.part_path(t)).collect();
     check_output(out, &inputs)?;
@@ -185,10 +186,10 @@ pub fn convert_hf(
             let entry = TensorEntry {
                 name: m.name.clone(),
                 dims: m.dims.clone(),
-                ty: convert_type(&m.name, &m.dims, opts.outtype),
+                ty: convert_type(&m.name, &m.dims, opts.outtype, tied),
             };
             let bytes = ck.data(t);
-            let ty = t.ty;
+            let ty = ck.source_type(t).expect("checked by map_tensors");
             let row_len = m.dims[0] as usize;
             let fill: emit::FillRows<'_> = if m.transpose {
                 // Source [in][out]: output row r is column r.

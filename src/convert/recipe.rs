@@ -88,8 +88,9 @@ fn is_norm(name: &str) -> bool {
 }
 
 /// The type `convert_hf_to_gguf.py` gives tensor `name` of ggml shape `dims` (F32, F16 and Q8_0
-/// out types; Q4_0/Q4_1 use [`quantize_type`] on the F32 conversion).
-pub fn convert_type(name: &str, dims: &[u64], out: OutType) -> GgmlType {
+/// out types; Q4_0/Q4_1 use [`quantize_type`] on the F32 conversion, `tied` when the checkpoint
+/// has no separate output head).
+pub fn convert_type(name: &str, dims: &[u64], out: OutType, tied: bool) -> GgmlType {
     if dims.len() <= 1
         || is_norm(name)
         || name == "position_embd.weight"
@@ -99,7 +100,7 @@ pub fn convert_type(name: &str, dims: &[u64], out: OutType) -> GgmlType {
     }
     match out {
         OutType::Q8_0 if !dims[0].is_multiple_of(32) => GgmlType::F16,
-        OutType::Q4_0 | OutType::Q4_1 => quantize_type(name, dims, GgmlType::F32, out, false, true),
+        OutType::Q4_0 | OutType::Q4_1 => quantize_type(name, dims, GgmlType::F32, out, false, tied),
         _ => out.base(),
     }
 }
@@ -175,27 +176,27 @@ mod tests {
     fn convert_keeps_small_tensors_f32() {
         let out = OutType::Q8_0;
         assert_eq!(
-            convert_type("blk.0.attn_qkv.bias", &[768], out),
+            convert_type("blk.0.attn_qkv.bias", &[768], out, true),
             GgmlType::F32
         );
         assert_eq!(
-            convert_type("blk.0.attn_norm.weight", &[256], out),
+            convert_type("blk.0.attn_norm.weight", &[256], out, true),
             GgmlType::F32
         );
         assert_eq!(
-            convert_type("position_embd.weight", &[256, 128], out),
+            convert_type("position_embd.weight", &[256, 128], out, true),
             GgmlType::F32
         );
         assert_eq!(
-            convert_type("token_embd.weight", &[256, 512], out),
+            convert_type("token_embd.weight", &[256, 512], out, true),
             GgmlType::Q8_0
         );
         assert_eq!(
-            convert_type("blk.0.ffn_up.weight", &[48, 64], out),
+            convert_type("blk.0.ffn_up.weight", &[48, 64], out, true),
             GgmlType::F16
         );
         assert_eq!(
-            convert_type("blk.0.ffn_up.weight", &[48, 64], OutType::F16),
+            convert_type("blk.0.ffn_up.weight", &[48, 64], OutType::F16, true),
             GgmlType::F16
         );
     }

@@ -59,7 +59,12 @@ struct Source {
 fn check_pre_tokenizer(path: &Path, json: &Map<String, Json>) -> Result<(), ConvertError> {
     let model = json.get("model").and_then(Json::as_object);
     let kind = model.and_then(|m| m.get("type")).and_then(Json::as_str);
-    if kind != Some("BPE") {
+    // The original GPT-2 uploads' tokenizer.json has no model type; its vocab and merges say BPE.
+    let untyped_bpe = kind.is_none()
+        && model.is_some_and(|m| {
+            m.get("vocab").is_some_and(Json::is_object) && m.contains_key("merges")
+        });
+    if kind != Some("BPE") && !untyped_bpe {
         return Err(tok_err(
             path,
             format!("model type {kind:?}: qgpt converts byte-level BPE"),
@@ -181,12 +186,12 @@ fn merges_txt(path: &Path) -> Result<Vec<String>, ConvertError> {
         match parts.as_slice() {
             [] => {}
             [a, b] => merges.push(format!("{a} {b}")),
-            _ => {
-                return Err(tok_err(
-                    path,
-                    format!("line {}: {line:?} is not a merge", n + 1),
-                ))
-            }
+            // As llama.cpp's converter does: a malformed entry is skipped, with a warning.
+            _ => tracing::warn!(
+                "{}: line {}: {line:?} is not a merge; skipped",
+                path.display(),
+                n + 1
+            ),
         }
     }
     Ok(merges)
@@ -236,13 +241,44 @@ fn from_vocab_json(dir: &Path, tc: &Map<String, Json>) -> Result<Source, Convert
             }
         }
     }
-    // The slow GPT-2 tokenizer's special tokens: tokenizer_config.json's, defaulting to
+    // tokenizer_config.json's added_tokens_decoder (id → {content, special}).
+    if let Some(dec) = tc.get("added_tokens_decoder").and_then(Json::as_object) {
+        for (id, t) in dec {
+            let (Ok(id), Some(content)) =
+                (id.parse::<u32>(), t.get("content").and_then(Json::as_str))
+            else {
+                continue;
+            };
+            let special = t.get("special").and_then(Json::as_bool).unwrap_or(false);
+            vocab.insert(id, content.to_owned());
+            by_text.insert(content.to_owned(), id);
+            match added.iter_mut().find(|a| a.0 == content) {
+                Some(a) => a.2 |= special,
+                None => added.push((content.to_owned(), id, special)),
+            }
+        }
+    }
+    // The special tokens of tokenizer_config.json and special_tokens_map.json, defaulting to
     // <|endoftext|> for unk/bos/eos as transformers' GPT2Tokenizer does.
-    for kind in ["bos", "eos", "unk", "pad"] {
-        let text = config_token(tc, kind).or_else(|| {
-            (kind != "pad" && !tc.contains_key(&format!("{kind}_token")))
-                .then(|| "<|endoftext|>".to_owned())
-        });
+    let map_path = dir.join("special_tokens_map.json");
+    let map = match map_path
+        .is_file()
+        .then(|| read_json(&map_path))
+        .transpose()?
+    {
+        Some(Json::Object(m)) => m,
+        _ => Map::new(),
+    };
+    for kind in ["bos", "eos", "unk", "sep", "pad", "cls", "mask"] {
+        let key = format!("{kind}_token");
+        let text = config_token(tc, kind)
+            .or_else(|| config_token(&map, kind))
+            .or_else(|| {
+                let default = matches!(kind, "bos" | "eos" | "unk")
+                    && !tc.contains_key(&key)
+                    && !map.contains_key(&key);
+                default.then(|| "<|endoftext|>".to_owned())
+            });
         if let Some(text) = text {
             if let Some(&id) = by_text.get(&text) {
                 match added.iter_mut().find(|a| a.0 == text) {
@@ -274,8 +310,14 @@ fn specials(
     let mut ids: Vec<(&'static str, u32)> = Vec::new();
     let mut add: Vec<(&'static str, bool)> = Vec::new();
     let set_id = |ids: &mut Vec<(&'static str, u32)>, kind: &'static str, id: u32| {
-        if (id as usize) < n_vocab && !ids.iter().any(|e| e.0 == kind) {
+        if ids.iter().any(|e| e.0 == kind) {
+            return;
+        }
+        if (id as usize) < n_vocab {
             ids.push((kind, id));
+        } else {
+            // llama.cpp writes it; qgpt's loader refuses a BOS/EOS id outside the vocabulary.
+            tracing::warn!("{kind} token id {id} is outside vocab_size {n_vocab}; left out");
         }
     };
     if let Some(json) = &src.json {
@@ -308,17 +350,26 @@ fn specials(
                             .map(str::to_owned)
                     };
                     if single.len() > 1 {
-                        let first = special(single.first());
-                        let last = special(single.last());
-                        add.retain(|e| e.0 != "bos" && e.0 != "eos");
-                        add.push((
-                            "bos",
-                            first.is_some() && (first == bos_text || bos_text.is_none()),
-                        ));
-                        add.push((
-                            "eos",
-                            last.is_some() && (last == eos_text || eos_text.is_none()),
-                        ));
+                        // gguf-py's reading of simple templates: a leading special token is BOS
+                        // (added if it is the configured BOS), a trailing one EOS.
+                        let set = |add: &mut Vec<(&'static str, bool)>, kind, value| {
+                            add.retain(|e: &(&str, bool)| e.0 != kind);
+                            add.push((kind, value));
+                        };
+                        if let Some(first) = special(single.first()) {
+                            set(
+                                &mut add,
+                                "bos",
+                                bos_text.as_ref().is_none_or(|b| *b == first),
+                            );
+                        }
+                        if let Some(last) = special(single.last()) {
+                            set(
+                                &mut add,
+                                "eos",
+                                eos_text.as_ref().is_none_or(|e| *e == last),
+                            );
+                        }
                     }
                 }
                 _ => {}

@@ -70,7 +70,7 @@ impl GgufFile {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and private to this process. Another process truncating or
+        // SAFETY: the map is read-only (a shared file mapping that qgpt never writes). Another process truncating or
         // rewriting the file while it is mapped could fault or change what we read; qgpt documents
         // that model files must not be modified while served (deploy them on read-only volumes).
         let map = unsafe { Mmap::map(&file) }.map_err(io)?;

@@ -10,23 +10,25 @@ pub struct Resident {
     pub file: u64,
 }
 
+/// The `NAME: <n> kB` field of a /proc file, in bytes.
+fn proc_bytes(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    let kib: u64 = line[name.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 impl Resident {
     /// The current figures, or `None` where `/proc` is unavailable.
     pub fn now() -> Option<Self> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let field = |name: &str| -> Option<u64> {
-            let line = status.lines().find(|l| l.starts_with(name))?;
-            let kib: u64 = line[name.len()..]
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
-            Some(kib * 1024)
-        };
         Some(Self {
-            anon: field("RssAnon:")?,
-            file: field("RssFile:")?,
+            anon: proc_bytes(&status, "RssAnon:")?,
+            file: proc_bytes(&status, "RssFile:")?,
         })
     }
 }
@@ -61,4 +63,44 @@ pub fn release_mapped(map: &memmap2::Mmap, offset: usize, len: usize) {
     }
     #[cfg(not(unix))]
     let _ = (map, offset, len);
+}
+
+/// Makes a SIGBUS (a memory-mapped file, the model, shrank or vanished under the process) end the
+/// process with a message that says so and exit code 135, instead of an anonymous crash. The
+/// mapping is the price of zero-copy loading; README "Security" gives the operator's side: serve
+/// models from read-only volumes and replace files by rename, never in place.
+pub fn report_sigbus() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_sigbus(_: libc::c_int) {
+            const MSG: &[u8] = b"qgpt: SIGBUS: a memory-mapped file (the model) was truncated or \
+removed while in use; serve models from read-only volumes and replace them by rename, not in place\n";
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
+            unsafe {
+                libc::write(2, MSG.as_ptr().cast(), MSG.len());
+                libc::_exit(135);
+            }
+        }
+        // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler only
+        // calls async-signal-safe functions and never returns, so the faulting access is never
+        // retried.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The memory this process may use: the smallest of the cgroup limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`) and the machine's RAM (`MemTotal`); `None` where none is readable.
+pub fn memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let cgroup_v2 = read("/sys/fs/cgroup/memory.max").and_then(|s| s.trim().parse::<u64>().ok());
+    let cgroup_v1 = read("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&b| b < 1 << 60); // "no limit" is a huge number
+    let total = read("/proc/meminfo").and_then(|s| proc_bytes(&s, "MemTotal:"));
+    [cgroup_v2, cgroup_v1, total].into_iter().flatten().min()
 }

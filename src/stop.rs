@@ -7,7 +7,8 @@
 /// Matches stop strings on a stream of text.
 #[derive(Debug, Clone, Default)]
 pub struct StopMatcher {
-    stops: Vec<String>,
+    /// The non-empty stop strings with their index in the caller's list.
+    stops: Vec<(usize, String)>,
     /// Text not yet released (always shorter than the longest stop string, between pushes).
     held: String,
 }
@@ -17,7 +18,8 @@ pub struct StopMatcher {
 pub struct Released {
     /// Text that is final.
     pub text: String,
-    /// Index of the stop string that matched, if one did (then no more text follows).
+    /// Index (in the list given to [`StopMatcher::new`]) of the stop string that matched, if one
+    /// did (then no more text follows).
     pub stopped: Option<usize>,
 }
 
@@ -25,7 +27,12 @@ impl StopMatcher {
     /// A matcher for `stops` (empty strings are ignored).
     pub fn new(stops: &[String]) -> Self {
         Self {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            stops: stops
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.is_empty())
+                .map(|(i, s)| (i, s.clone()))
+                .collect(),
             held: String::new(),
         }
     }
@@ -33,14 +40,15 @@ impl StopMatcher {
     /// Adds `piece` and returns what is now final.
     pub fn push(&mut self, piece: &str) -> Released {
         self.held.push_str(piece);
-        // The earliest match wins; among matches at one position, the first listed.
+        // The first stop string to be complete wins (the earliest end), so the result does not
+        // depend on how the text is cut into pieces; at one end, the longer (earlier start),
+        // then the first listed.
         let hit = self
             .stops
             .iter()
-            .enumerate()
-            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at, i)))
+            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|at| (at + s.len(), at, *i)))
             .min();
-        if let Some((at, i)) = hit {
+        if let Some((_, at, i)) = hit {
             let text = self.held[..at].to_owned();
             self.held.clear();
             return Released {
@@ -55,7 +63,7 @@ impl StopMatcher {
             .map(|(i, _)| i)
             .find(|&i| {
                 let tail = &self.held[i..];
-                self.stops.iter().any(|s| s.starts_with(tail))
+                self.stops.iter().any(|(_, s)| s.starts_with(tail))
             })
             .unwrap_or(self.held.len());
         let text = self.held[..keep].to_owned();
@@ -110,8 +118,23 @@ mod tests {
     }
 
     #[test]
-    fn earliest_match_wins_and_multibyte_text_is_safe() {
+    fn first_completed_match_wins_and_multibyte_text_is_safe() {
         assert_eq!(run(&["lo", "el"], &["hello"]), ("h".into(), Some(1)));
+        // However the text is cut: "c" is complete before "abcd" is.
+        for pieces in [
+            &["abcd"][..],
+            &["abc", "d"],
+            &["ab", "cd"],
+            &["a", "b", "c", "d"],
+        ] {
+            assert_eq!(
+                run(&["abcd", "c"], pieces),
+                ("ab".into(), Some(1)),
+                "{pieces:?}"
+            );
+        }
+        // Stops that end together: the longer one.
+        assert_eq!(run(&["bc", "abc"], &["xab", "c"]), ("x".into(), Some(1)));
         assert_eq!(run(&["é!"], &["café", "!x"]), ("caf".into(), Some(0)));
         assert_eq!(run(&[], &["naïve"]), ("naïve".into(), None));
     }

@@ -236,6 +236,46 @@ proptest! {
             let _ = LoadedModel::from_file(Arc::new(f), Instant::now());
         }
     }
+
+    /// Structured mutations: grown or shrunk counts, tensor offsets moved, dims, dim counts and
+    /// types changed, string lengths bent: Ok or a clean error, never a panic or an allocation
+    /// sized by the lie.
+    #[test]
+    fn structured_mutations_never_panic(
+        edits in proptest::collection::vec((0usize..7, 0usize..28, any::<u64>(), 0u64..4), 1..4)
+    ) {
+        let mut b = base();
+        let names: Vec<String> = GgufFile::from_bytes(b.clone()).unwrap().tensors().iter().map(|t| t.name.clone()).collect();
+        for (field, tensor, raw, style) in edits {
+            // A value near the original as often as a wild one: small shifts find off-by-ones.
+            let at_info = tensor_info(&b, &names[tensor % names.len()]);
+            let n_dims = u32::from_le_bytes(b[at_info..at_info + 4].try_into().unwrap()).min(4) as usize;
+            let (at, width) = match field {
+                0 => (8, 8),                                   // tensor count
+                1 => (16, 8),                                  // metadata count
+                2 => (at_info, 4),                             // n_dims
+                3 => (at_info + 4 + 8 * (raw as usize % n_dims.max(1)), 8), // one dim
+                4 => (at_info + 4 + 8 * n_dims, 4),            // type
+                5 => (at_info + 8 + 8 * n_dims, 8),            // data offset
+                _ => (at_info - names[tensor % names.len()].len() - 8, 8), // name length
+            };
+            let old = if width == 8 {
+                u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+            } else {
+                u64::from(u32::from_le_bytes(b[at..at + 4].try_into().unwrap()))
+            };
+            let v = match style {
+                0 => raw,
+                1 => old.wrapping_add(raw % 64),
+                2 => old.wrapping_sub(raw % 64),
+                _ => old.wrapping_mul(1 + raw % 4096),
+            };
+            if width == 8 { put_u64(&mut b, at, v) } else { put_u32(&mut b, at, v as u32) }
+        }
+        if let Ok(f) = GgufFile::from_bytes(b) {
+            let _ = LoadedModel::from_file(Arc::new(f), Instant::now());
+        }
+    }
 }
 
 #[test]

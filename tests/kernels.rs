@@ -126,6 +126,25 @@ fn check_quantize(k: &Kernels) {
         "{} quantize_q8 on halves",
         k.isa
     );
+    // Non-finite activations (a model file can hold anything): infinities give the scalar bytes;
+    // with NaN the scale may differ, but the stored sum is always the sum of the stored quants.
+    let mut x = activations(&mut rng, 256);
+    x[3] = f32::INFINITY;
+    x[40] = f32::NEG_INFINITY;
+    assert_eq!(
+        q8_blocks(k, &x),
+        q8_blocks(&s, &x),
+        "{} quantize_q8 on ±inf",
+        k.isa
+    );
+    for at in [0, 7, 31, 100, 255] {
+        let mut y = x.clone();
+        y[at] = f32::NAN;
+        for b in q8_blocks(k, &y) {
+            let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
+            assert_eq!(b.isum, sum, "{} quantize_q8 with NaN at {at}", k.isa);
+        }
+    }
 }
 
 fn check_q8_0(k: &Kernels) {

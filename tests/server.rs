@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixture;
+#[cfg(unix)]
+use common::spawn_serve;
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input, FinishReason};
 use qgpt::server::{serve_on, Batching, Limits, ServeConfig, ServeError, TlsFiles, Transport};
@@ -134,6 +136,26 @@ fn text_request(prompt: &str, max_new_tokens: u32) -> pb::GenerateRequest {
         max_new_tokens,
         ignore_eos: true,
         ..Default::default()
+    }
+}
+
+/// Waits (up to `secs`) until nothing runs or waits; returns the status then.
+async fn wait_idle(
+    c: &mut TextGenerationClient<Channel>,
+    secs: u64,
+) -> pb::GetServerStatusResponse {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let st = c
+            .get_server_status(pb::GetServerStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if st.running_requests == 0 && st.queued_requests == 0 {
+            return st;
+        }
+        assert!(Instant::now() < end, "the engine never became idle: {st:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -704,19 +726,7 @@ async fn a_cancelled_stream_frees_the_engine_and_overload_is_refused() {
     let mut s = c.generate_stream(slow()).await.unwrap().into_inner();
     s.next().await.unwrap().unwrap();
     drop(s);
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = c
-            .get_server_status(pb::GetServerStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if st.running_requests == 0 && st.queued_requests == 0 {
-            break;
-        }
-        assert!(Instant::now() < end, "the engine never became idle: {st:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_idle(&mut c, 10).await;
 
     // Overload: one running, one queued, the rest refused at once.
     let mut calls = Vec::new();
@@ -879,37 +889,13 @@ async fn health_is_not_serving_while_the_model_loads() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_zero() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qgpt"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--metrics-port",
-            "0",
-            "-m",
-        ])
-        .arg(fixture(BIG_VOCAB))
-        // One request at a time: the eight below keep the drain going for most of a second.
-        .args(["--max-running", "1"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let _ = tx.send(line.unwrap_or_default());
-        }
-    });
+    use std::process::Command;
+    let model = fixture(BIG_VOCAB).display().to_string();
+    // One request at a time: the eight below keep the drain going for most of a second.
+    let (mut child, port, rx) = spawn_serve(
+        &["-m", &model, "--max-running", "1"],
+        &[("RUST_LOG", "info")],
+    );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let server = Server {
         addr,
@@ -956,6 +942,70 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(log.iter().any(|l| l.contains("draining")), "{log:?}");
 }
 
+/// Neither the bearer token nor prompts or generated text reach the log, even at debug level
+/// (tonic, hyper and h2 included), whether the token sent is right or wrong.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_prompts_stay_out_of_the_log() {
+    const SECRET: &str = "s3cret-TOKEN-4f9a";
+    const PROMPT: &str = "CANARY-PROMPT-77 Licensed";
+    let model = fixture(SMALL).display().to_string();
+    let (mut child, port, rx) = spawn_serve(
+        &["-m", &model],
+        &[("RUST_LOG", "debug"), ("QGPT_AUTH_TOKEN", SECRET)],
+    );
+    let server = Server {
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        stop: None,
+        task: tokio::spawn(async { Ok(()) }),
+    };
+    server.wait_for(ServingStatus::Serving).await;
+    let mut c = server.client().await;
+    let mut texts = Vec::new();
+    for token in [SECRET, "wrong-s3cret-TOKEN-4f9a", ""] {
+        let mut req = Request::new(text_request(PROMPT, 8));
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match c.generate(req).await {
+            Ok(r) => texts.push(r.into_inner().text_delta),
+            Err(s) => assert_eq!(s.code(), Code::Unauthenticated),
+        }
+    }
+    assert_eq!(texts.len(), 1, "only the right token generates");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let code = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    let log: Vec<String> = rx.try_iter().collect();
+    assert!(
+        log.iter().any(|l| l.contains("request finished")),
+        "{log:?}"
+    );
+    assert!(log.len() > 10, "debug logging was on: {log:?}");
+    let generated = texts[0].trim();
+    for line in &log {
+        assert!(
+            !line.contains("s3cret-TOKEN"),
+            "the token was logged: {line}"
+        );
+        assert!(
+            !line.contains("CANARY-PROMPT"),
+            "the prompt was logged: {line}"
+        );
+        if generated.len() >= 8 {
+            assert!(
+                !line.contains(generated),
+                "generated text was logged: {line}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bearer_token_guards_generation_but_not_health() {
     let server = Server::start_with(SMALL, Limits::default(), Some("t0ken")).await;
@@ -990,13 +1040,25 @@ async fn a_bearer_token_guards_generation_but_not_health() {
 
 /// A TLS channel to `addr` trusting the test CA, with the test client certificate when `mtls`.
 async fn tls_channel(addr: SocketAddr, mtls: bool) -> Result<Channel, tonic::transport::Error> {
+    tls_channel_with(addr, "ca.pem", mtls.then_some("client")).await
+}
+
+/// A TLS channel to `addr` trusting `ca`, presenting `client`.pem/.key if given.
+async fn tls_channel_with(
+    addr: SocketAddr,
+    ca: &str,
+    client: Option<&str>,
+) -> Result<Channel, tonic::transport::Error> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let pem = |f: &str| std::fs::read(fixture(&format!("tls/{f}"))).unwrap();
     let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pem("ca.pem")))
+        .ca_certificate(Certificate::from_pem(pem(ca)))
         .domain_name("localhost");
-    if mtls {
-        tls = tls.identity(Identity::from_pem(pem("client.pem"), pem("client.key")));
+    if let Some(who) = client {
+        tls = tls.identity(Identity::from_pem(
+            pem(&format!("{who}.pem")),
+            pem(&format!("{who}.key")),
+        ));
     }
     Channel::from_shared(format!("https://{addr}"))
         .unwrap()
@@ -1044,6 +1106,14 @@ async fn tls_and_mutual_tls() {
     wait_serving(server.addr, false).await;
     let ch = tls_channel(server.addr, false).await.unwrap();
     assert_eq!(generate(ch).await.unwrap().into_inner().tokens.len(), 2);
+    // A client that does not trust the server's CA refuses it (same CA name, other key).
+    match tls_channel_with(server.addr, "rogue-ca.pem", None).await {
+        Err(_) => {}
+        Ok(ch) => assert!(
+            generate(ch).await.is_err(),
+            "a server certificate from the wrong CA was accepted"
+        ),
+    }
     // Plaintext is not spoken.
     let plain = Channel::from_shared(format!("http://{}", server.addr))
         .unwrap()
@@ -1068,13 +1138,16 @@ async fn tls_and_mutual_tls() {
     wait_serving(server.addr, true).await;
     let ch = tls_channel(server.addr, true).await.unwrap();
     assert_eq!(generate(ch).await.unwrap().into_inner().tokens.len(), 2);
-    // Without a client certificate the handshake or the call fails.
-    match tls_channel(server.addr, false).await {
-        Err(_) => {}
-        Ok(ch) => assert!(
-            generate(ch).await.is_err(),
-            "a client without a certificate got in"
-        ),
+    // Without a client certificate, or with one another CA signed (same names), the handshake
+    // or the call fails.
+    for client in [None, Some("rogue-client")] {
+        match tls_channel_with(server.addr, "ca.pem", client).await {
+            Err(_) => {}
+            Ok(ch) => assert!(
+                generate(ch).await.is_err(),
+                "a client with {client:?} got in"
+            ),
+        }
     }
     server.shutdown().await;
 }
@@ -1285,20 +1358,8 @@ async fn random_cancellations_leave_nothing_behind() {
         "{finished} of 1000 read to the end"
     );
     let mut c = server.client().await;
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let st = c
-            .get_server_status(pb::GetServerStatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if st.running_requests == 0 && st.queued_requests == 0 {
-            assert_eq!(st.kv_cache_tokens_free, st.kv_cache_tokens_total, "{st:?}");
-            break;
-        }
-        assert!(Instant::now() < end, "requests left behind: {st:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let st = wait_idle(&mut c, 20).await;
+    assert_eq!(st.kv_cache_tokens_free, st.kv_cache_tokens_total, "{st:?}");
     assert_still_serves(&mut c).await;
     server.shutdown().await;
 }
@@ -1420,4 +1481,242 @@ async fn loadtest(server: &Server, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A codec that sends and receives message bodies as raw bytes, to put what a well-behaved
+/// client would never send on the wire.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawBytes;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl tonic::codec::Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n).to_vec()))
+    }
+}
+
+/// Protobuf field `field` as a length-delimited value.
+fn pb_field(field: u32, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut put_varint = |mut v: u64| loop {
+        let b = (v & 0x7F) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    };
+    put_varint(u64::from(field << 3 | 2));
+    put_varint(bytes.len() as u64);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Hostile requests over real gRPC: each gets the status a client can act on, nothing panics,
+/// and the server keeps serving ordinary requests in between and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_requests_get_clean_statuses() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    let mut raw = tonic::client::Grpc::new(server.channel().await);
+    let generate = http::uri::PathAndQuery::from_static("/qgpt.v1.TextGeneration/Generate");
+    let with = |f: &dyn Fn(&mut pb::GenerateRequest)| {
+        let mut r = text_request("Hi", 2);
+        f(&mut r);
+        r
+    };
+    let long_text = "word ".repeat(20_000);
+    let cases: Vec<(&str, pb::GenerateRequest, Code)> = vec![
+        (
+            "prompt of 20,000 words (context 128)",
+            text_request(&long_text, 2),
+            Code::InvalidArgument,
+        ),
+        (
+            "100,000 prompt ids",
+            with(&|r| {
+                r.input = Some(Input::PromptTokenIds(pb::TokenIds {
+                    ids: vec![1; 100_000],
+                }))
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "1,000 stop strings",
+            with(&|r| r.stop = vec!["x".into(); 1_000]),
+            Code::InvalidArgument,
+        ),
+        (
+            "a 100 KiB stop string",
+            with(&|r| r.stop = vec!["y".repeat(100 << 10)]),
+            Code::InvalidArgument,
+        ),
+        (
+            "500,000 stop token ids",
+            with(&|r| r.stop_token_ids = vec![1; 500_000]),
+            Code::InvalidArgument,
+        ),
+        (
+            "u32::MAX max_new_tokens",
+            with(&|r| r.max_new_tokens = u32::MAX),
+            Code::InvalidArgument,
+        ),
+        (
+            "u32::MAX logprobs",
+            with(&|r| r.logprobs = u32::MAX),
+            Code::InvalidArgument,
+        ),
+        (
+            "NaN temperature",
+            with(&|r| {
+                r.sampling = Some(pb::SamplingParams {
+                    temperature: Some(f32::NAN),
+                    ..Default::default()
+                })
+            }),
+            Code::InvalidArgument,
+        ),
+        (
+            "a 1 MiB request id",
+            with(&|r| r.request_id = "z".repeat(1 << 20)),
+            Code::InvalidArgument,
+        ),
+    ];
+    let mut table = Vec::new();
+    for (what, req, want) in cases {
+        let got = c.generate(req).await.map(|_| ()).map_err(|s| s.code());
+        table.push(format!("{what}: {got:?}"));
+        assert_eq!(got, Err(want), "{what}");
+    }
+    // Bytes no protobuf encoder would write.
+    let raw_cases: Vec<(&str, Vec<u8>, Vec<Code>)> = vec![
+        (
+            "invalid UTF-8 in the prompt",
+            pb_field(1, b"\xff\xfe bad"),
+            vec![Code::InvalidArgument, Code::Internal],
+        ),
+        (
+            "a truncated field",
+            pb_field(1, b"Hello")[..4].to_vec(),
+            vec![Code::InvalidArgument, Code::Internal],
+        ),
+        (
+            "a length prefix past the end",
+            vec![0x0A, 0xFF, 0xFF, 0xFF, 0x0F, b'a'],
+            vec![Code::InvalidArgument, Code::Internal],
+        ),
+        (
+            "a field nested 100,000 levels",
+            {
+                let mut b = pb_field(4, &[]);
+                for _ in 0..100_000 {
+                    b = pb_field(4, &b);
+                }
+                b
+            },
+            vec![Code::InvalidArgument, Code::Internal],
+        ),
+        (
+            "a 5 MiB message (limit 4 MiB)",
+            pb_field(1, &vec![b'a'; 5 << 20]),
+            vec![Code::ResourceExhausted, Code::OutOfRange],
+        ),
+    ];
+    for (what, body, want) in raw_cases {
+        raw.ready().await.unwrap();
+        let got = raw
+            .unary::<Vec<u8>, Vec<u8>, _>(Request::new(body), generate.clone(), RawCodec)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code());
+        table.push(format!("{what}: {got:?}"));
+        assert!(
+            got.as_ref().is_err_and(|c| want.contains(c)),
+            "{what}: {got:?}, expected one of {want:?}"
+        );
+        // The server still serves.
+        assert_still_serves(&mut c).await;
+    }
+    // Thousands of connections that never send a byte: health and generation still answer.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    assert_eq!(server.health("").await, ServingStatus::Serving);
+    assert_still_serves(&mut c).await;
+    table.push("2,000 idle connections: health SERVING, Generate OK".into());
+    drop(idle);
+    eprintln!("hostile requests:\n  {}", table.join("\n  "));
+    server.shutdown().await;
+}
+
+/// A client that stops reading a stream cannot hold the server's exit: once the drain is over,
+/// connections get 5 s to close, then they are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_cannot_hold_the_exit() {
+    let server = Server::start(SMALL, Limits::default()).await;
+    let mut c = server.client().await;
+    // A 1 KiB HTTP/2 window that is only reopened as the application reads: the server's
+    // messages after the first kilobyte wait for a reader that never comes.
+    let stingy = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .initial_connection_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap();
+    let req = pb::GenerateRequest {
+        logprobs: 20,
+        ..text_request("Hello", 120)
+    };
+    let unread = TextGenerationClient::new(stingy)
+        .generate_stream(req)
+        .await
+        .unwrap()
+        .into_inner();
+    wait_idle(&mut c, 10).await;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), server.shutdown())
+        .await
+        .expect("the server's exit was held by a client that does not read");
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(4500) && took < Duration::from_secs(15),
+        "exit after {took:?}: the stalled connection should be dropped 5 s after the drain"
+    );
+    drop(unread);
 }

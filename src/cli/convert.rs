@@ -79,6 +79,7 @@ fn progress_bar(hidden: bool) -> ProgressBar {
 /// Removes a half-written output if the process is interrupted (SIGINT, SIGTERM, SIGHUP), then
 /// exits with 128 + the signal number.
 fn clean_up_on_signal() {
+    qgpt::memory::report_sigbus();
     std::thread::spawn(|| {
         let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -141,6 +141,7 @@ const PREFILL_PER_THREAD: usize = 4;
 
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
 pub fn run(args: Args) -> Result<(), CliError> {
+    qgpt::memory::report_sigbus();
     let threads = init_threads(args.threads)?;
     let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let config = ServeConfig {

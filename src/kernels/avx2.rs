@@ -218,28 +218,30 @@ pub(super) mod imp {
         _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
     }
 
-    /// Quantizes 32 floats at `x` (8-wide loads) with inverse scale `id`; returns packed i8 and
-    /// the i32 lane sums.
+    /// Quantizes 32 floats at `x` (8-wide loads) with inverse scale `id`; returns the packed i8
+    /// quants and their sum. As `act_quant` does, a NaN becomes 0, and the sum is that of the
+    /// stored (saturated) quants, so a row with NaN or infinite values gives the scalar twin's
+    /// bytes and never an out-of-range sum.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn quantize32(x: &[f32], id: f32) -> (__m256i, __m256i) {
+    fn quantize32(x: &[f32], id: f32) -> (__m256i, i32) {
         let idv = _mm256_set1_ps(id);
         let mut i32s = [_mm256_setzero_si256(); 4];
         for (k, v) in i32s.iter_mut().enumerate() {
             // SAFETY: `x` has 32 values (callers pass chunks_exact(32) or a 256-chunk slice).
             let xv = unsafe { _mm256_loadu_ps(x[8 * k..8 * k + 8].as_ptr()) };
+            let scaled = _mm256_mul_ps(xv, idv);
+            let ordered = _mm256_cmp_ps::<_CMP_ORD_Q>(scaled, scaled);
             // Rounds to nearest, ties to even (the default MXCSR mode), as `act_quant` does.
-            *v = _mm256_cvtps_epi32(_mm256_mul_ps(xv, idv));
+            *v = _mm256_cvtps_epi32(_mm256_and_ps(scaled, ordered));
         }
         let p01 = _mm256_packs_epi32(i32s[0], i32s[1]);
-        let p23 = _mm256_packs_epi32(i32s[2], i32s[3]);
-        let p = _mm256_packs_epi16(p01, p23);
+        let p23 = _mm256_packs_epi16(p01, _mm256_packs_epi32(i32s[2], i32s[3]));
         let perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-        let sum = _mm256_add_epi32(
-            _mm256_add_epi32(i32s[0], i32s[1]),
-            _mm256_add_epi32(i32s[2], i32s[3]),
-        );
-        (_mm256_permutevar8x32_epi32(p, perm), sum)
+        // Σ (q + 128) over the bytes, four partial sums in the low halves of 64-bit lanes.
+        let biased = _mm256_xor_si256(p23, _mm256_set1_epi8(i8::MIN));
+        let sum = hsum_epi32(_mm256_sad_epu8(biased, _mm256_setzero_si256())) - 32 * 128;
+        (_mm256_permutevar8x32_epi32(p23, perm), sum)
     }
 
     #[inline]
@@ -263,7 +265,7 @@ pub(super) mod imp {
             // SAFETY: `b.qs` is exactly 32 writable bytes.
             unsafe { _mm256_storeu_si256(b.qs.as_mut_ptr().cast(), q) };
             b.d = d;
-            b.isum = hsum_epi32(sum);
+            b.isum = sum;
         }
     }
 

@@ -3,15 +3,17 @@
 //! own `#[target_feature]` functions. Plain multiplies and adds only (no `mul_add`), so every
 //! level rounds identically.
 
-/// eˣ for x in [−87, 88] (callers clamp): x = n·ln 2 + r with |r| ≤ ln 2 / 2, eʳ by a degree-6
-/// polynomial (Cephes' `expf` coefficients), 2ⁿ by building the exponent bits. Relative error
-/// below 2·10⁻⁷.
+/// eˣ for x in [−87, 88] (outside it, x is clamped to it; NaN stays NaN): x = n·ln 2 + r with
+/// |r| ≤ ln 2 / 2, eʳ by a degree-6 polynomial (Cephes' `expf` coefficients), 2ⁿ by building
+/// the exponent bits. Relative error below 2·10⁻⁷.
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in two so that n·LN2_HI is exact for the n that occur.
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // Keeps 2ⁿ's exponent in range for infinite inputs (a model file can hold anything).
+    let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E).round_ties_even();
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4;

@@ -134,7 +134,8 @@ mod imp {
         let b = vcombine_s8(vqmovn_s16(h0), vqmovn_s16(h1));
         // SAFETY: `out` has 16 writable bytes.
         unsafe { vst1q_s8(out.as_mut_ptr(), b) };
-        vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])))
+        // The sum of the stored (saturated) quants, whatever the input held.
+        i32::from(vaddlvq_s8(b))
     }
 
     #[target_feature(enable = "neon")]

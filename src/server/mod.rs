@@ -29,6 +29,7 @@ use tokio_stream::StreamExt;
 use tonic_health::ServingStatus;
 
 pub use config::{Batching, Limits, ServeConfig, TlsFiles, Transport};
+pub use request::decode_and_validate;
 
 use crate::engine::{Engine, EngineConfig};
 use crate::generate::{generate, GenerateOptions};
@@ -39,6 +40,9 @@ use service::Service;
 
 /// qgpt's version and commit, as `qgpt --version` prints them.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("QGPT_GIT_SHA"), ")");
+
+/// How long connections may take to close after the drain before they are dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// The fully qualified name of the generation service, as health checks name it.
 pub const SERVICE_NAME: &str = "qgpt.v1.TextGeneration";
@@ -179,7 +183,7 @@ pub async fn serve_on(
     let model = Arc::new(model);
     let engine = Engine::start(
         model.clone(),
-        engine_config(&config, model.model.config().n_ctx)?,
+        engine_config(&config, model.model.config(), model.model.kv_type())?,
     );
     tracing::info!(
         max_running = engine.config.max_running,
@@ -237,9 +241,19 @@ pub async fn serve_on(
         }
     }
     let _ = stop_tx.send(());
-    server
-        .await
-        .map_err(|e| ServeError::WarmUp(e.to_string()))??;
+    // The transport now closes each connection gracefully, which waits for the client to take
+    // what was sent: a client that stops reading would hold the exit forever. Bounded.
+    let mut server = server;
+    match tokio::time::timeout(CLOSE_GRACE, &mut server).await {
+        Ok(joined) => joined.map_err(|e| ServeError::WarmUp(e.to_string()))??,
+        Err(_) => {
+            tracing::warn!(
+                grace_s = CLOSE_GRACE.as_secs_f64(),
+                "connections still open after the drain: closing them"
+            );
+            server.abort();
+        }
+    }
     stop_metrics(metrics_stop, metrics_task).await;
     tracing::info!("stopped");
     Ok(())
@@ -264,7 +278,12 @@ async fn stop_metrics(
 }
 
 /// The engine's limits from the server's settings, checked.
-fn engine_config(c: &ServeConfig, n_ctx: usize) -> Result<EngineConfig, ServeError> {
+fn engine_config(
+    c: &ServeConfig,
+    m: &crate::model::Gpt2Config,
+    kv_type: crate::model::KvType,
+) -> Result<EngineConfig, ServeError> {
+    let n_ctx = m.n_ctx;
     let b = &c.batching;
     if b.max_running == 0 {
         return Err(ServeError::Config(
@@ -299,6 +318,25 @@ fn engine_config(c: &ServeConfig, n_ctx: usize) -> Result<EngineConfig, ServeErr
         }
         n => n,
     };
+    // KV memory is reserved per request, so it grows to at most the budget or what the running
+    // requests can hold, whichever is less: refuse at startup what the machine cannot give.
+    let per_token = 2 * m.n_layer * m.n_embd * kv_type.size();
+    let worst = kv.min(b.max_running.saturating_mul(n_ctx)) as u128 * per_token as u128;
+    if let Some(limit) = crate::memory::memory_limit() {
+        if worst > u128::from(limit) {
+            let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+            return Err(ServeError::Config(format!(
+                "the KV cache may grow to {:.1} GiB ({} tokens of {} KiB, {}), more than the \
+                 {:.1} GiB of memory this process may use: lower --kv-cache-tokens or \
+                 --max-running",
+                gib(worst),
+                kv.min(b.max_running.saturating_mul(n_ctx)),
+                per_token / 1024,
+                kv_type.name(),
+                gib(u128::from(limit))
+            )));
+        }
+    }
     Ok(EngineConfig {
         max_queued: c.limits.max_queued,
         max_running: b.max_running,

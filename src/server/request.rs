@@ -123,6 +123,19 @@ pub(super) fn validate(
     })
 }
 
+/// What the server does with a GenerateRequest body before queueing it: protobuf decoding, then
+/// every check of [`validate`] (for fuzzing and tests; `Ok` means the request would be queued).
+pub fn decode_and_validate(
+    body: &[u8],
+    limits: &Limits,
+    n_vocab: usize,
+    n_ctx: usize,
+) -> Result<(), Status> {
+    let req = <pb::GenerateRequest as prost::Message>::decode(body)
+        .map_err(|e| Status::invalid_argument(format!("undecodable request: {e}")))?;
+    validate(req, limits, n_vocab, n_ctx, 0, None).map(|_| ())
+}
+
 /// The request's sampling settings over the API's defaults (greedy, every filter off).
 fn sampling(p: pb::SamplingParams, n_vocab: usize, seed: u64) -> Result<SamplingParams, Status> {
     let d = SamplingParams::greedy();

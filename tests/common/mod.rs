@@ -98,3 +98,52 @@ pub fn tensor_map(path: &std::path::Path) -> Vec<(String, String, Vec<u8>)> {
     v.sort();
     v
 }
+
+/// `qgpt serve` on a free loopback port with `args` and `envs`; its stderr lines arrive on the
+/// returned channel.
+#[cfg(unix)]
+pub fn spawn_serve(
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::Child, u16, std::sync::mpsc::Receiver<String>) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (child, rx) = spawn_serve_on(port, args, envs);
+    (child, port, rx)
+}
+
+/// `qgpt serve` on loopback port `port`, as [`spawn_serve`].
+#[cfg(unix)]
+pub fn spawn_serve_on(
+    port: u16,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--metrics-port",
+            "0",
+        ])
+        .args(args)
+        .envs(envs.iter().copied())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    (child, rx)
+}

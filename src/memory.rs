@@ -65,16 +65,18 @@ pub fn release_mapped(map: &memmap2::Mmap, offset: usize, len: usize) {
     let _ = (map, offset, len);
 }
 
-/// Makes a SIGBUS (a memory-mapped file, the model, shrank or vanished under the process) end the
-/// process with a message that says so and exit code 135, instead of an anonymous crash. The
+/// Makes a SIGBUS (a memory-mapped file, the model, shrank under the process, or its storage
+/// failed to read) end the process with a message that says so and exit code 135, instead of an
+/// anonymous crash (and without a core dump). The
 /// mapping is the price of zero-copy loading; README "Security" gives the operator's side: serve
 /// models from read-only volumes and replace files by rename, never in place.
 pub fn report_sigbus() {
     #[cfg(unix)]
     {
         extern "C" fn on_sigbus(_: libc::c_int) {
-            const MSG: &[u8] = b"qgpt: SIGBUS: a memory-mapped file (the model) was truncated or \
-removed while in use; serve models from read-only volumes and replace them by rename, not in place\n";
+            const MSG: &[u8] = b"qgpt: SIGBUS reading a memory-mapped file (the model): it was \
+truncated while in use, or its storage failed; serve models from read-only volumes and replace \
+them by rename, not in place\n";
             // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
             unsafe {
                 libc::write(2, MSG.as_ptr().cast(), MSG.len());

@@ -57,12 +57,8 @@ impl Session {
         }
         let mut sampler = Sampler::new(opts.sampling.clone())?;
         sampler.observe(prompt_ids);
-        let stop_strings = opts
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .cloned()
-            .collect();
+        // As given: the matcher reports indices into this list (it skips empty strings itself).
+        let stop_strings = opts.stop.clone();
         Ok(Self {
             n_ctx,
             eos: tokenizer.eos(),

@@ -28,6 +28,10 @@ fn to_refs(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }
 
+fn path_small() -> String {
+    path("small-q8_0")
+}
+
 fn path(stem: &str) -> String {
     fixture(&format!("models/{stem}.gguf"))
         .display()
@@ -503,4 +507,38 @@ fn forced_scalar_isa_generates_the_same_greedy_text() {
     };
     // F32 weights use float kernels: every level must pick the same greedy tokens.
     assert_eq!(run("scalar"), run(""));
+}
+
+/// An empty stop string beside real ones is ignored, and the stop that ends generation is the
+/// one named (the matcher's indices refer to the list as given).
+#[test]
+fn an_empty_stop_string_is_ignored() {
+    let model = path_small();
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "generate",
+            "-m",
+            &model,
+            "-p",
+            "Licensed under",
+            "-n",
+            "12",
+            "--temperature",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(ok_stdout(&args).trim()).unwrap()
+    };
+    let free = run(&[]);
+    let text = free["text"].as_str().unwrap().to_owned();
+    // A stop string from the middle of the free-running text.
+    let cut = text.char_indices().nth(text.chars().count() / 2).unwrap().0;
+    let stop: String = text[cut..].chars().take(2).collect();
+    let stopped = run(&["--stop", "", "--stop", "zzzz-never", "--stop", &stop]);
+    assert_eq!(stopped["finish_reason"], "stop_sequence", "{stopped}");
+    assert_eq!(
+        stopped["text"].as_str().unwrap(),
+        &text[..text.find(&stop).unwrap()]
+    );
 }

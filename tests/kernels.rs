@@ -137,6 +137,14 @@ fn check_quantize(k: &Kernels) {
         "{} quantize_q8 on ±inf",
         k.isa
     );
+    // A block so small that its scale is subnormal and the inverse scale infinite.
+    let tiny: Vec<f32> = (0..32).map(|i| (i as f32 - 15.5) * 1e-39).collect();
+    assert_eq!(
+        q8_blocks(k, &tiny),
+        q8_blocks(&s, &tiny),
+        "{} quantize_q8, subnormal scale",
+        k.isa
+    );
     for at in [0, 7, 31, 100, 255] {
         let mut y = x.clone();
         y[at] = f32::NAN;

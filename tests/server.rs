@@ -1546,8 +1546,9 @@ fn pb_field(field: u32, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Hostile requests over real gRPC: each gets the status a client can act on, nothing panics,
-/// and the server keeps serving ordinary requests in between and after.
+/// Hostile requests over real gRPC: each gets its status (undecodable bodies INTERNAL, tonic's
+/// answer as grpc-go's), nothing panics, and the server keeps serving ordinary requests in
+/// between and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_clean_statuses() {
     let server = Server::start(SMALL, Limits::default()).await;
@@ -1627,17 +1628,17 @@ async fn hostile_requests_get_clean_statuses() {
         (
             "invalid UTF-8 in the prompt",
             pb_field(1, b"\xff\xfe bad"),
-            vec![Code::InvalidArgument, Code::Internal],
+            vec![Code::Internal],
         ),
         (
             "a truncated field",
             pb_field(1, b"Hello")[..4].to_vec(),
-            vec![Code::InvalidArgument, Code::Internal],
+            vec![Code::Internal],
         ),
         (
             "a length prefix past the end",
             vec![0x0A, 0xFF, 0xFF, 0xFF, 0x0F, b'a'],
-            vec![Code::InvalidArgument, Code::Internal],
+            vec![Code::Internal],
         ),
         (
             "a field nested 100,000 levels",
@@ -1648,12 +1649,12 @@ async fn hostile_requests_get_clean_statuses() {
                 }
                 b
             },
-            vec![Code::InvalidArgument, Code::Internal],
+            vec![Code::Internal],
         ),
         (
             "a 5 MiB message (limit 4 MiB)",
             pb_field(1, &vec![b'a'; 5 << 20]),
-            vec![Code::ResourceExhausted, Code::OutOfRange],
+            vec![Code::OutOfRange],
         ),
     ];
     for (what, body, want) in raw_cases {
@@ -1671,7 +1672,18 @@ async fn hostile_requests_get_clean_statuses() {
         // The server still serves.
         assert_still_serves(&mut c).await;
     }
-    // Thousands of connections that never send a byte: health and generation still answer.
+    // Thousands of connections that never send a byte: health and generation still answer. Both
+    // ends live in this process: raise the soft descriptor limit to the hard one first.
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit on a valid, owned struct; raising the soft limit up to the hard
+    // limit is always allowed.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     let mut idle = Vec::new();
     for _ in 0..2000 {
         idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());

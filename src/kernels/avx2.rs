@@ -219,9 +219,10 @@ pub(super) mod imp {
     }
 
     /// Quantizes 32 floats at `x` (8-wide loads) with inverse scale `id`; returns the packed i8
-    /// quants and their sum. As `act_quant` does, a NaN becomes 0, and the sum is that of the
-    /// stored (saturated) quants, so a row with NaN or infinite values gives the scalar twin's
-    /// bytes and never an out-of-range sum.
+    /// quants and their sum. As `act_quant` does, a NaN becomes 0 and values beyond ±127 (an
+    /// infinite `id` from a subnormal scale, infinite inputs) saturate, and the sum is that of
+    /// the stored quants, so the sum is never out of range whatever the row holds. (With NaN in
+    /// the row, `amax`, and so the scale, may differ from the scalar twin's.)
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn quantize32(x: &[f32], id: f32) -> (__m256i, i32) {
@@ -232,8 +233,12 @@ pub(super) mod imp {
             let xv = unsafe { _mm256_loadu_ps(x[8 * k..8 * k + 8].as_ptr()) };
             let scaled = _mm256_mul_ps(xv, idv);
             let ordered = _mm256_cmp_ps::<_CMP_ORD_Q>(scaled, scaled);
+            let clamped = _mm256_min_ps(
+                _mm256_max_ps(_mm256_and_ps(scaled, ordered), _mm256_set1_ps(-128.0)),
+                _mm256_set1_ps(127.0),
+            );
             // Rounds to nearest, ties to even (the default MXCSR mode), as `act_quant` does.
-            *v = _mm256_cvtps_epi32(_mm256_and_ps(scaled, ordered));
+            *v = _mm256_cvtps_epi32(clamped);
         }
         let p01 = _mm256_packs_epi32(i32s[0], i32s[1]);
         let p23 = _mm256_packs_epi16(p01, _mm256_packs_epi32(i32s[2], i32s[3]));

@@ -249,8 +249,10 @@ pub async fn serve_on(
         Err(_) => {
             tracing::warn!(
                 grace_s = CLOSE_GRACE.as_secs_f64(),
-                "connections still open after the drain: closing them"
+                "connections still open after the drain: no longer waiting for them"
             );
+            // Stops the accept loop; the connections' own tasks end with the runtime (the
+            // binary exits next).
             server.abort();
         }
     }
@@ -310,7 +312,7 @@ fn engine_config(
         ));
     }
     let kv = match b.kv_cache_tokens {
-        0 => b.max_running * n_ctx,
+        0 => b.max_running.saturating_mul(n_ctx),
         n if n < 2 => {
             return Err(ServeError::Config(format!(
                 "--kv-cache-tokens ({n}) cannot hold a prompt and a generated token"

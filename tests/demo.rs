@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::fixture;
+use common::{fixture, perplexity_json};
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input};
 use qgpt::server::{serve_on, Batching, Limits, ServeConfig, Transport};
@@ -104,22 +104,7 @@ fn heldout_perplexity_equals_llama_perplexity_s() {
     let r = reference();
     let text = fixture("demo/kjv-heldout.txt");
     let n_ctx = r["n_ctx"].as_u64().unwrap().to_string();
-    let out = qgpt(&[
-        "perplexity",
-        "-m",
-        &demo_path(),
-        "-f",
-        text.to_str().unwrap(),
-        "-c",
-        &n_ctx,
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = perplexity_json(&demo_path(), &text, &n_ctx);
     let want = &r["perplexity"];
     assert_eq!(got["chunks"], want["chunks"]);
     let (g, w) = (got["ppl"].as_f64().unwrap(), want["ppl"].as_f64().unwrap());

@@ -147,3 +147,26 @@ pub fn spawn_serve_on(
     });
     (child, rx)
 }
+
+/// `qgpt perplexity -m MODEL -f TEXT -c N_CTX --json`, which must succeed; its JSON object.
+pub fn perplexity_json(model: &str, text: &std::path::Path, n_ctx: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args([
+            "perplexity",
+            "-m",
+            model,
+            "-f",
+            text.to_str().unwrap(),
+            "-c",
+            n_ctx,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

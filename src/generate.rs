@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use crate::model::{ForwardError, Gpt2, Logits, Scratch};
+use crate::model::{ForwardError, Logits, Model, Scratch};
 use crate::sampling::{SamplingError, SamplingParams};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
@@ -172,7 +172,7 @@ pub enum GenerateError {
 /// Generates from `prompt_ids`, calling `on_token` for each generated token; returning
 /// `ControlFlow::Break` from it stops generation (finish reason `Cancelled`).
 pub fn generate(
-    model: &Gpt2,
+    model: &Model,
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
     opts: &GenerateOptions,

@@ -1,6 +1,7 @@
 //! qgpt: GPT-family text generation from GGUF files.
 
 pub mod bench;
+pub mod chat;
 pub mod convert;
 pub mod demo;
 pub mod engine;

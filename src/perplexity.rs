@@ -6,7 +6,7 @@
 //! n_ctx − 2) against the token at p + 1. PPL = exp(mean negative log-likelihood); its uncertainty
 //! is PPL times the standard error of that mean.
 
-use crate::model::{ForwardError, Gpt2, Logits, Scratch};
+use crate::model::{ForwardError, Logits, Model, Scratch};
 
 /// Tokens per forward step while scoring (logits are kept for one step at a time).
 const STEP: usize = 128;
@@ -54,7 +54,7 @@ pub fn nll_of(logits: &[f32], target: u32) -> f64 {
 /// them; `bos` replaces the first token of each chunk when given. `on_chunk(i, running_ppl)` is
 /// called after each chunk.
 pub fn perplexity(
-    model: &Gpt2,
+    model: &Model,
     tokens: &[u32],
     n_ctx: usize,
     max_chunks: Option<usize>,

@@ -16,7 +16,8 @@ use crate::tokenizer::{StreamDecoder, Tokenizer};
 pub struct Session {
     opts: GenerateOptions,
     n_ctx: usize,
-    eos: Option<u32>,
+    /// Ids that end generation (EOS, end of turn), sorted.
+    end: Vec<u32>,
     sampler: Sampler,
     decoder: StreamDecoder,
     stops: StopMatcher,
@@ -61,7 +62,7 @@ impl Session {
         let stop_strings = opts.stop.clone();
         Ok(Self {
             n_ctx,
-            eos: tokenizer.eos(),
+            end: tokenizer.end_of_generation().to_vec(),
             sampler,
             decoder: StreamDecoder::default(),
             stops: StopMatcher::new(&opts.stop),
@@ -111,7 +112,7 @@ impl Session {
             top_n(&self.logprobs, self.opts.logprobs, &mut self.top);
         }
         let id = self.sampler.sample(logits);
-        if !self.opts.ignore_eos && Some(id) == self.eos {
+        if !self.opts.ignore_eos && self.end.binary_search(&id).is_ok() {
             return (None, Some(FinishReason::Eos));
         }
         self.ids.push(id);

@@ -1,12 +1,16 @@
-//! The tokenizer, built from GGUF metadata (`tokenizer.ggml.*`): byte-level BPE as GPT-2 uses it,
-//! encoded with Hugging Face `tokenizers`, decoded by qgpt byte-exactly and UTF-8 safely.
+//! The tokenizer, built from GGUF metadata (`tokenizer.ggml.*`): byte-level BPE as GPT-2, SmolLM
+//! and Llama 3 use it, encoded with Hugging Face `tokenizers`, decoded by qgpt byte-exactly and
+//! UTF-8 safely.
 
 use std::collections::HashMap;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::AddedToken;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::gguf::{Array, GgufFile, Value};
 use crate::model::ModelError;
@@ -15,7 +19,54 @@ use crate::model::ModelError;
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
-/// A byte-level BPE tokenizer with GPT-2's pre-tokenizer.
+/// Llama 3's pre-tokenizer regex, as its tokenizer.json writes it (llama.cpp's `llama-bpe`).
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Control tokens that end a turn in chat templates, as llama.cpp recognises them by text when
+/// the file names no end-of-turn id.
+const END_OF_TURN_TEXTS: [&str; 6] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+];
+
+/// The pre-tokenizers qgpt knows, by their `tokenizer.ggml.pre` names. Any other name is refused
+/// at load: splitting text differently than the model was trained gives valid-looking but wrong
+/// ids.
+fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
+    // GPT-2's regex inside ByteLevel, then bytes mapped to printable characters.
+    let byte_level = ByteLevel::new(false, true, true);
+    Ok(match pre {
+        // llama.cpp treats a missing or "default" pre-tokenizer as GPT-2's regex too.
+        "gpt-2" | "default" => byte_level.into(),
+        // Every digit apart, then GPT-2's regex (SmolLM's tokenizer.json: Digits + ByteLevel).
+        "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "llama-bpe" | "llama3" | "llama-v3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| err(format!("the llama-bpe regex: {e}")))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(false, true, false).into(),
+            ])
+            .into()
+        }
+        other => {
+            return Err(err(format!(
+                "tokenizer.ggml.pre is '{other}': qgpt knows 'gpt-2' (or 'default'), 'smollm' and \
+                 'llama-bpe' (or 'llama3', 'llama-v3')"
+            )))
+        }
+    })
+}
+
+/// A byte-level BPE tokenizer with its model's pre-tokenizer.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The bytes each id decodes to.
@@ -24,6 +75,8 @@ pub struct Tokenizer {
     bos: Option<u32>,
     add_bos: bool,
     eos: Option<u32>,
+    eot: Option<u32>,
+    end_of_generation: Vec<u32>,
     pre: String,
     n_merges: usize,
 }
@@ -75,12 +128,7 @@ impl Tokenizer {
                 .ok_or_else(|| err("tokenizer.ggml.pre is not a string"))?
                 .to_owned(),
         };
-        // llama.cpp treats a missing or "default" pre-tokenizer as GPT-2's regex too.
-        if !matches!(pre.as_str(), "gpt-2" | "default") {
-            return Err(err(format!(
-                "tokenizer.ggml.pre is '{pre}': qgpt supports 'gpt-2'"
-            )));
-        }
+        let pre_tokenizer = pre_tokenizer(&pre)?;
         let Array::String(tokens) = file.get_array("tokenizer.ggml.tokens")? else {
             return Err(err("tokenizer.ggml.tokens is not an array of strings"));
         };
@@ -116,6 +164,7 @@ impl Tokenizer {
         };
         let bos = id_key("tokenizer.ggml.bos_token_id")?;
         let eos = id_key("tokenizer.ggml.eos_token_id")?;
+        let eot = id_key("tokenizer.ggml.eot_token_id")?;
         let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
             None => false,
             Some(Value::Bool(b)) => *b,
@@ -151,7 +200,7 @@ impl Tokenizer {
             .build()
             .map_err(|e| err(format!("invalid BPE vocabulary or merges: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
         let special: Vec<bool> = types.iter().map(|&t| t == TOKEN_TYPE_CONTROL).collect();
@@ -184,6 +233,15 @@ impl Tokenizer {
                 out
             })
             .collect();
+        // Generation ends at EOS, at the end-of-turn id, and at control tokens that end a turn.
+        let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).collect();
+        for (id, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
+            if ty == TOKEN_TYPE_CONTROL && END_OF_TURN_TEXTS.contains(&t.as_str()) {
+                end_of_generation.push(id as u32);
+            }
+        }
+        end_of_generation.sort_unstable();
+        end_of_generation.dedup();
         Ok(Self {
             inner,
             bytes,
@@ -191,6 +249,8 @@ impl Tokenizer {
             bos,
             add_bos,
             eos,
+            eot,
+            end_of_generation,
             pre,
             n_merges,
         })
@@ -245,6 +305,22 @@ impl Tokenizer {
     /// End-of-sequence id, if the file names one.
     pub fn eos(&self) -> Option<u32> {
         self.eos
+    }
+
+    /// End-of-turn id (`tokenizer.ggml.eot_token_id`), if the file names one.
+    pub fn eot(&self) -> Option<u32> {
+        self.eot
+    }
+
+    /// The ids that end generation: EOS, the end-of-turn id, and control tokens whose text ends
+    /// a chat turn (`<|im_end|>`, `<|eot_id|>`...), sorted.
+    pub fn end_of_generation(&self) -> &[u32] {
+        &self.end_of_generation
+    }
+
+    /// Whether `id` ends generation (see [`Tokenizer::end_of_generation`]).
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.end_of_generation.binary_search(&id).is_ok()
     }
 
     /// The pre-tokenizer name from the file.
@@ -314,5 +390,50 @@ impl StreamDecoder {
         let len = self.pending.len();
         self.pending.drain(..len - keep);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    /// The pieces `pre` cuts `text` into, in GPT-2's byte-to-character alphabet.
+    fn pieces(pre: &str, text: &str) -> Vec<String> {
+        let mut s = PreTokenizedString::from(text);
+        pre_tokenizer(pre).unwrap().pre_tokenize(&mut s).unwrap();
+        s.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(p, _, _)| p.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn llama_bpe_splits_as_llama3s_regex() {
+        // Expected: Python's `regex` module on Llama 3's pattern, then ' ' -> 'Ġ', '\n' -> 'Ċ',
+        // '\r' -> 'č' (GPT-2's byte alphabet).
+        let text = "Hello WORLD'S 1234567 isn't\n\n  x!!\r\n";
+        let want = [
+            "Hello", "ĠWORLD", "'S", "Ġ", "123", "456", "7", "Ġisn", "'t", "ĊĊ", "Ġ", "Ġx", "!!čĊ",
+        ];
+        assert_eq!(pieces("llama-bpe", text), want);
+        assert_eq!(pieces("llama3", text), want);
+    }
+
+    #[test]
+    fn smollm_isolates_every_digit() {
+        assert_eq!(
+            pieces("smollm", "pi 3.14, x2"),
+            ["pi", "Ġ", "3", ".", "1", "4", ",", "Ġx", "2"]
+        );
+        // GPT-2 keeps runs of digits.
+        assert_eq!(pieces("gpt-2", "pi 3.14"), ["pi", "Ġ3", ".", "14"]);
+    }
+
+    #[test]
+    fn unknown_pre_tokenizers_are_refused() {
+        let e = pre_tokenizer("qwen2").expect_err("refused");
+        let msg = e.to_string();
+        assert!(msg.contains("'qwen2'") && msg.contains("smollm"), "{msg}");
     }
 }

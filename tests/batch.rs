@@ -1,5 +1,6 @@
 //! The batched forward pass (several sequences, each with its own cache and position, prefill and
-//! decode mixed) gives each sequence the logits it gets alone.
+//! decode mixed) gives each sequence the logits it gets alone: on the GPT-2 fixtures, and on
+//! SmolLM2 (LLaMA: rotary positions per sequence, grouped-query attention) when it can be fetched.
 
 mod common;
 
@@ -62,8 +63,18 @@ fn logits_len(c: &Case, v: usize) -> usize {
 
 #[test]
 fn batched_sequences_get_the_logits_they_get_alone() {
-    for stem in ["small-f32", "small-q8_0", "small-q4_0"] {
-        let m = LoadedModel::open(&fixture(&format!("models/{stem}.gguf"))).unwrap();
+    let mut models: Vec<(String, std::path::PathBuf)> = ["small-f32", "small-q8_0", "small-q4_0"]
+        .iter()
+        .map(|s| (s.to_string(), fixture(&format!("models/{s}.gguf"))))
+        .collect();
+    models.extend(common::smollm2().map(|p| ("smollm2".to_owned(), p)));
+    for (stem, path) in models {
+        let mut m = LoadedModel::open(&path).unwrap();
+        // SmolLM2's activations have outliers (hundreds) that 8-bit activation quantization
+        // amplifies chaotically: a 1e-5 difference in summation order (a decode step alone takes
+        // other kernels than one in a batch) flips a rounding in layer 6 and moves logits by
+        // ~1 by the last layer, batched or not (measured). In f32 the check is exact again.
+        m.model.set_exact_matmul(stem == "smollm2");
         let v = m.model.config().n_vocab;
         let cases = cases();
         let fresh = |c: &Case, scratch: &mut Scratch| -> KvCache {

@@ -5,32 +5,13 @@
 mod common;
 
 use std::process::Child;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{fixture, spawn_serve, spawn_serve_on};
+use common::{fixture, spawn_serve, spawn_serve_on, wait_serving};
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input};
 
 /// Waits for the "serving" log line; panics with the log if the server exits or takes 30 s.
-fn wait_serving(child: &mut Child, rx: &Receiver<String>) -> Vec<String> {
-    let end = Instant::now() + Duration::from_secs(30);
-    let mut log = Vec::new();
-    while Instant::now() < end {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
-            let done = line.contains(" serving ");
-            log.push(line);
-            if done {
-                return log;
-            }
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("qgpt serve exited ({status}) before serving: {log:?}");
-        }
-    }
-    panic!("qgpt serve was not serving after 30 s: {log:?}");
-}
-
 async fn generate(port: u16, prompt: &str) -> Result<usize, tonic::Status> {
     let mut c = TextGenerationClient::connect(format!("http://127.0.0.1:{port}"))
         .await

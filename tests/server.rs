@@ -547,6 +547,13 @@ async fn every_invalid_request_is_refused_with_the_field_named() {
         ),
         // Text whose tokens fill the context: refused once tokenized, as the stream's status.
         ("prompt", text_request(&"hello ".repeat(200), 4)),
+        ("messages", chat(vec![])),
+        ("messages[0].role", chat(vec![("", "Hi")])),
+        (
+            "messages[1].role",
+            chat(vec![("user", "Hi"), (&"r".repeat(65), "x")]),
+        ),
+        ("messages", chat(vec![("user", "Hi"); 1025])),
     ];
     for (field, req) in cases {
         for unary in [true, false] {
@@ -576,9 +583,34 @@ async fn every_invalid_request_is_refused_with_the_field_named() {
         "{}",
         status.message()
     );
+    // A valid conversation for a model without a chat template: FAILED_PRECONDITION.
+    let status = c.generate(chat(vec![("user", "Hi")])).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("no chat template"),
+        "{}",
+        status.message()
+    );
     // The server is still healthy and serving.
     assert_eq!(c.generate(ok()).await.unwrap().into_inner().tokens.len(), 4);
     server.shutdown().await;
+}
+
+/// A `messages` request of (role, content) pairs.
+fn chat(messages: Vec<(&str, &str)>) -> pb::GenerateRequest {
+    pb::GenerateRequest {
+        input: Some(Input::Messages(pb::ChatMessages {
+            messages: messages
+                .into_iter()
+                .map(|(role, content)| pb::ChatMessage {
+                    role: role.into(),
+                    content: content.into(),
+                })
+                .collect(),
+        })),
+        max_new_tokens: 4,
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::gguf::{file_type_short_name, GgufFile};
-use crate::model::{ForwardError, Gpt2, Logits, Scratch, SeqStep};
+use crate::model::{ForwardError, Logits, Model, Scratch, SeqStep};
 use crate::sampling::Rng;
 
 /// Largest number of tokens one prompt-processing step carries (llama.cpp's default micro-batch).
@@ -125,7 +125,7 @@ impl TestResult {
 /// their prompts of `n_prompt` tokens, then `n_gen` batched steps of one token each). Tokens are
 /// random (seeded, so runs repeat).
 pub fn run_test(
-    model: &Gpt2,
+    model: &Model,
     n_prompt: usize,
     n_gen: usize,
     n_seq: usize,

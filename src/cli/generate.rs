@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::{init_threads, print_flush, CliError};
+use qgpt::chat::ChatMessage;
 use qgpt::generate::{generate, GenerateOptions};
 use qgpt::memory::Resident;
 use qgpt::sampling::SamplingParams;
@@ -25,6 +26,13 @@ pub struct Args {
     /// Prompt as token ids separated by spaces, e.g. "464 2068 7586".
     #[arg(long)]
     prompt_ids: Option<String>,
+    /// Send --prompt as a user message through the model's chat template (the assistant's
+    /// turn opened; generation ends at the end-of-turn token).
+    #[arg(long, requires = "prompt")]
+    chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     /// Most tokens to generate.
     #[arg(short = 'n', long, default_value_t = 128)]
     max_new_tokens: usize,
@@ -90,7 +98,15 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let m = qgpt::demo::load_or_demo(args.model.as_deref())?;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => parse_ids(ids)?,
-        (Some(text), None) => m.tokenizer.encode(text)?,
+        (Some(text), None) if args.chat => {
+            let mut messages = Vec::new();
+            if let Some(sys) = &args.system {
+                messages.push(ChatMessage::new("system", sys));
+            }
+            messages.push(ChatMessage::new("user", text));
+            m.encode_chat(&messages)?
+        }
+        (Some(text), None) => m.encode_prompt(text)?,
         (None, None) => unreachable!("clap requires one of them"),
     };
     let seed = args.seed.unwrap_or_else(|| {

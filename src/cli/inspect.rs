@@ -109,8 +109,27 @@ pub fn run(args: Args) -> Result<(), CliError> {
     let mut s = String::new();
     writeln!(
         s,
-        "hyperparameters: n_vocab={} n_ctx={} n_embd={} n_ff={} n_head={} n_layer={} eps={:e}",
-        c.n_vocab, c.n_ctx, c.n_embd, c.n_ff, c.n_head, c.n_layer, c.eps
+        "hyperparameters: n_vocab={} n_ctx={} n_embd={} n_ff={} n_head={} n_head_kv={} \
+         n_layer={} eps={:e}",
+        c.n_vocab, c.n_ctx, c.n_embd, c.n_ff, c.n_head, c.n_head_kv, c.n_layer, c.eps
+    )?;
+    if let Some(r) = &c.rope {
+        writeln!(
+            s,
+            "rope: base {} over {} of {} dimensions per head, position scale {}",
+            r.base,
+            r.dims,
+            c.head_dim(),
+            r.pos_scale
+        )?;
+    }
+    writeln!(
+        s,
+        "chat template: {}",
+        match &loaded.chat {
+            Ok(_) => "yes".to_owned(),
+            Err(e) => e.to_string(),
+        }
     )?;
     writeln!(
         s,

@@ -39,6 +39,8 @@ pub enum Prompt {
     Text(String),
     /// Token ids (already checked against the vocabulary).
     Ids(Vec<u32>),
+    /// A conversation, rendered with the model's chat template by the engine.
+    Chat(Vec<crate::chat::ChatMessage>),
 }
 
 /// A validated request waiting for the engine.

@@ -21,6 +21,7 @@ use tonic::{Code, Status};
 use super::kv_pool::KvPool;
 use super::messages::{finish_reason, plain_token, token_message, Times};
 use super::{EngineConfig, EngineState, Event, Job, Prompt};
+use crate::chat::ChatError;
 use crate::generate::{CancelCheck, FinishReason, GenerateError};
 use crate::metrics;
 use crate::model::{KvCache, LoadedModel, Logits, Scratch, SeqStep};
@@ -261,24 +262,27 @@ fn prepare(m: &LoadedModel, job: Job, cfg: &EngineConfig, state: &EngineState) -
         let _ = job.tx.try_send(Err(status));
         return None;
     }
-    let tok = &m.tokenizer;
     let n_ctx = m.model.config().n_ctx;
     let prompt = match &job.prompt {
         Prompt::Ids(ids) => ids.clone(),
-        Prompt::Text(text) => {
-            let mut ids = Vec::new();
-            if tok.add_bos() {
-                ids.extend(tok.bos());
+        Prompt::Text(text) => match m.encode_prompt(text) {
+            Ok(ids) => ids,
+            Err(e) => {
+                refuse(&job, Status::internal(e.to_string()));
+                return None;
             }
-            match tok.encode(text) {
-                Ok(t) => ids.extend(t),
-                Err(e) => {
-                    refuse(&job, Status::internal(e.to_string()));
-                    return None;
-                }
+        },
+        Prompt::Chat(messages) => match m.encode_chat(messages) {
+            Ok(ids) => ids,
+            Err(e @ ChatError::NoTemplate) | Err(e @ ChatError::Compile(_)) => {
+                refuse(&job, Status::failed_precondition(format!("messages: {e}")));
+                return None;
             }
-            ids
-        }
+            Err(e @ ChatError::Render(_)) => {
+                refuse(&job, Status::invalid_argument(format!("messages: {e}")));
+                return None;
+            }
+        },
     };
     if prompt.is_empty() {
         refuse(

@@ -6,8 +6,8 @@
 
 use rayon::prelude::*;
 
-use super::gpt2::{ForwardError, Gpt2, Logits, Scratch};
-use super::KvCache;
+use super::transformer::{ForwardError, Logits, Model, Scratch};
+use super::{KvCache, Linear, Norm, Qkv};
 use crate::ops;
 
 /// One sequence's share of a batched step.
@@ -34,7 +34,7 @@ struct Part {
     pos0: usize,
 }
 
-impl Gpt2 {
+impl Model {
     /// Advances every sequence of `steps` by its tokens: appends their keys and values to each
     /// cache and writes the logits asked for. Rounds carry at most `scratch.max_tokens()` tokens
     /// (a long prompt is split over several). Nothing is computed if any step is invalid.
@@ -118,32 +118,58 @@ impl Gpt2 {
             file,
         };
         let t: usize = parts.iter().map(|p| p.n).sum();
-        let (c, f) = (cfg.n_embd, cfg.n_ff);
-        let (nh, hd) = (cfg.n_head, cfg.head_dim());
+        let (c, f, kvd) = (cfg.n_embd, cfg.n_ff, cfg.kv_dim());
+        let (heads, hd) = ((cfg.n_head, cfg.n_head_kv), cfg.head_dim());
         let x = &mut s.x[..t * c];
         let h = &mut s.h[..t * c];
-        let qkv = &mut s.qkv[..t * 3 * c];
+        let qkv = &mut s.qkv[..t * (c + 2 * kvd)];
         let att = &mut s.att[..t * c];
         let proj = &mut s.proj[..t * c];
         let ff = &mut s.ff[..t * f];
+        let up = &mut s.up[..];
 
-        // x = token_embd[tokens] + position_embd[positions]            (T, C)
+        // x = token_embd[tokens] (+ position_embd[positions] for GPT-2)      (T, C)
         for p in parts {
             let tokens = &steps[p.seq].tokens[p.off..p.off + p.n];
             let rows = x[p.row * c..(p.row + p.n) * c].chunks_exact_mut(c);
             let tmp = h[p.row * c..(p.row + p.n) * c].chunks_exact_mut(c);
             for (i, (&tok, (xr, hr))) in tokens.iter().zip(rows.zip(tmp)).enumerate() {
                 w.token_embd.dequantize_row(file, tok as usize, xr);
-                w.position_embd.dequantize_row(file, p.pos0 + i, hr);
-                ops::add_assign(xr, hr);
+                if let Some(pe) = &w.position_embd {
+                    pe.dequantize_row(file, p.pos0 + i, hr);
+                    ops::add_assign(xr, hr);
+                }
             }
         }
 
         for (l, b) in w.blocks.iter().enumerate() {
-            // h = LN(x)                                                (T, C)
-            ops::layer_norm(x, &b.attn_norm.w, &b.attn_norm.b, cfg.eps, h);
-            // qkv = h · Wqkv + b                                       (T, 3C)
-            ops::linear(&mm, &b.attn_qkv.w, Some(&b.attn_qkv.b), h, qkv, &mut s.mm);
+            // h = norm(x)                                              (T, C)
+            norm(&b.attn_norm, cfg.eps, x, h);
+            // q, k, v = h · Wq, h · Wk, h · Wv (+ b)    (T, C), (T, KV), (T, KV)
+            // where each lives in `qkv`: (offset of row 0, stride).
+            let layout = match &b.attn_qkv {
+                Qkv::Fused(wqkv) => {
+                    apply(&mm, wqkv, h, qkv, &mut s.mm);
+                    [(0, 3 * c), (c, 3 * c), (2 * c, 3 * c)]
+                }
+                Qkv::Split { q, k: wk, v } => {
+                    let (qb, rest) = qkv.split_at_mut(t * c);
+                    let (kb, vb) = rest.split_at_mut(t * kvd);
+                    apply(&mm, q, h, qb, &mut s.mm);
+                    apply(&mm, wk, h, kb, &mut s.mm);
+                    apply(&mm, v, h, vb, &mut s.mm);
+                    // Rotary positions on q and k, per sequence.
+                    if let Some(r) = &cfg.rope {
+                        for p in parts {
+                            let (qr, kr) = (&mut qb[p.row * c..], &mut kb[p.row * kvd..]);
+                            ops::rope(r, qr, c, p.n, p.pos0, cfg.n_head, hd);
+                            ops::rope(r, kr, kvd, p.n, p.pos0, cfg.n_head_kv, hd);
+                        }
+                    }
+                    [(0, c), (t * c, kvd), (t * c + t * kvd, kvd)]
+                }
+            };
+            let [(qo, qs), (ko, ks), (vo, vs)] = layout;
             // Per sequence, in parallel: its k, v into its cache, then
             // att = softmax(q·Kᵀ/√d, causal) · V over its heads                 (T, C)
             let mut outs = Vec::with_capacity(parts.len());
@@ -170,24 +196,36 @@ impl Gpt2 {
                 .zip(outs)
                 .zip(caches)
                 .for_each(|((p, out), cache)| {
-                    let rows = &qkv_ref[p.row * 3 * c..][..p.n * 3 * c];
-                    for (i, r) in rows.chunks_exact(3 * c).enumerate() {
-                        cache.write(l, p.pos0 + i, &r[c..2 * c], &r[2 * c..]);
+                    for i in 0..p.n {
+                        let r = p.row + i;
+                        let key = &qkv_ref[ko + r * ks..][..kvd];
+                        let val = &qkv_ref[vo + r * vs..][..kvd];
+                        cache.write(l, p.pos0 + i, key, val);
                     }
-                    let q = &qkv_ref[p.row * 3 * c..];
-                    ops::causal_attention(k, q, 3 * c, cache, l, p.pos0, nh, hd, out, alone);
+                    let q = &qkv_ref[qo + p.row * qs..];
+                    ops::causal_attention(k, q, qs, cache, l, p.pos0, heads, hd, out, alone);
                 });
-            // x += att · Wo + b                                        (T, C)
-            let (wo, bo) = (&b.attn_output.w, Some(&b.attn_output.b[..]));
-            ops::linear(&mm, wo, bo, att, proj, &mut s.mm);
+            // x += att · Wo (+ b)                                      (T, C)
+            apply(&mm, &b.attn_output, att, proj, &mut s.mm);
             ops::add_assign(x, proj);
-            // h = LN(x)                                                (T, C)
-            ops::layer_norm(x, &b.ffn_norm.w, &b.ffn_norm.b, cfg.eps, h);
-            // ff = gelu(h · Wup + b)                                   (T, F)
-            ops::linear(&mm, &b.ffn_up.w, Some(&b.ffn_up.b), h, ff, &mut s.mm);
-            ops::gelu(k, ff);
-            // x += ff · Wdown + b                                      (T, C)
-            ops::linear(&mm, &b.ffn_down.w, Some(&b.ffn_down.b), ff, proj, &mut s.mm);
+            // h = norm(x)                                              (T, C)
+            norm(&b.ffn_norm, cfg.eps, x, h);
+            match &b.ffn_gate {
+                // ff = gelu(h · Wup + b)                               (T, F)
+                None => {
+                    apply(&mm, &b.ffn_up, h, ff, &mut s.mm);
+                    ops::gelu(k, ff);
+                }
+                // ff = silu(h · Wgate) · (h · Wup)                     (T, F)
+                Some(gate) => {
+                    let up = &mut up[..t * f];
+                    apply(&mm, gate, h, ff, &mut s.mm);
+                    apply(&mm, &b.ffn_up, h, up, &mut s.mm);
+                    ops::silu_mul(ff, up);
+                }
+            }
+            // x += ff · Wdown (+ b)                                    (T, C)
+            apply(&mm, &b.ffn_down, ff, proj, &mut s.mm);
             ops::add_assign(x, proj);
         }
         for p in parts {
@@ -197,9 +235,7 @@ impl Gpt2 {
         // Logits: every row of `All` parts, the last row of `Last` sequences that end here. The
         // rows of `Last` sequences go through the head together (one pass over its weights).
         let v = cfg.n_vocab;
-        let norm = |rows: &[f32], out: &mut [f32]| {
-            ops::layer_norm(rows, &w.output_norm.w, &w.output_norm.b, cfg.eps, out);
-        };
+        let norm = |rows: &[f32], out: &mut [f32]| norm(&w.output_norm, cfg.eps, rows, out);
         let mut last_rows = Vec::new();
         for p in parts {
             let st = &mut steps[p.seq];
@@ -227,5 +263,24 @@ impl Gpt2 {
         for (p, row) in last_rows.iter().zip(s.logits.chunks_exact(v)) {
             steps[p.seq].logits.copy_from_slice(row);
         }
+    }
+}
+
+/// `out = x · W (+ b)` for a linear layer.
+fn apply(
+    mm: &ops::MatmulCtx<'_>,
+    lin: &Linear,
+    x: &[f32],
+    out: &mut [f32],
+    scratch: &mut ops::MatmulScratch,
+) {
+    ops::linear(mm, &lin.w, lin.b.as_deref(), x, out, scratch);
+}
+
+/// LayerNorm when the norm has a shift, RMSNorm when it has none.
+fn norm(n: &Norm, eps: f32, x: &[f32], out: &mut [f32]) {
+    match &n.b {
+        Some(b) => ops::layer_norm(x, &n.w, b, eps, out),
+        None => ops::rms_norm(x, &n.w, eps, out),
     }
 }

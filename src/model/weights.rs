@@ -1,7 +1,7 @@
-//! Typed GPT-2 weights. Matrices stay in the GGUF map (a name and a byte range); only the
+//! Typed weights of both architectures. Matrices stay in the GGUF map (a name and a byte range); only the
 //! one-dimensional norm and bias vectors, a few KiB per layer, are decoded to f32 at load.
 
-use super::{Gpt2Config, ModelError};
+use super::{Arch, ModelConfig, ModelError};
 use crate::gguf::{format_shape, GgufFile, TensorView};
 use crate::quant::{dequantize_row, GgmlType};
 
@@ -69,46 +69,64 @@ impl Matrix {
 pub struct Linear {
     /// Weight.
     pub w: Matrix,
-    /// Bias, `w.n_out` values.
-    pub b: Vec<f32>,
+    /// Bias, `w.n_out` values (GPT-2 always; LLaMA-family files rarely).
+    pub b: Option<Vec<f32>>,
 }
 
-/// LayerNorm scale and shift.
+/// A norm's scale, and shift for LayerNorm (RMSNorm has none).
 #[derive(Debug, Clone)]
 pub struct Norm {
     /// Scale.
     pub w: Vec<f32>,
-    /// Shift.
-    pub b: Vec<f32>,
+    /// Shift: `Some` for LayerNorm (GPT-2), `None` for RMSNorm (LLaMA).
+    pub b: Option<Vec<f32>>,
+}
+
+/// The query/key/value projections.
+#[derive(Debug, Clone)]
+pub enum Qkv {
+    /// One matrix `n_embd → 3·n_embd` whose output rows hold q, k, v side by side (GPT-2).
+    Fused(Linear),
+    /// Three matrices: `n_embd → n_embd` for q, `n_embd → kv_dim` for k and v (LLaMA).
+    Split {
+        /// Queries.
+        q: Linear,
+        /// Keys.
+        k: Linear,
+        /// Values.
+        v: Linear,
+    },
 }
 
 /// One transformer block.
 #[derive(Debug, Clone)]
 pub struct Block {
-    /// LayerNorm before attention.
+    /// Norm before attention.
     pub attn_norm: Norm,
-    /// Fused query/key/value projection, `n_embd → 3·n_embd`.
-    pub attn_qkv: Linear,
+    /// Query, key and value projections.
+    pub attn_qkv: Qkv,
     /// Attention output projection, `n_embd → n_embd`.
     pub attn_output: Linear,
-    /// LayerNorm before the MLP.
+    /// Norm before the MLP.
     pub ffn_norm: Norm,
+    /// MLP gate projection, `n_embd → n_ff` (SwiGLU: `silu(gate) · up`); GPT-2 has none.
+    pub ffn_gate: Option<Linear>,
     /// MLP up projection, `n_embd → n_ff`.
     pub ffn_up: Linear,
     /// MLP down projection, `n_ff → n_embd`.
     pub ffn_down: Linear,
 }
 
-/// All GPT-2 weights.
+/// All weights of a model.
 #[derive(Debug, Clone)]
-pub struct Gpt2Weights {
+pub struct Weights {
     /// Token embeddings, `n_vocab` rows of `n_embd`.
     pub token_embd: Matrix,
-    /// Position embeddings, `n_ctx` rows of `n_embd`.
-    pub position_embd: Matrix,
+    /// Learned position embeddings, `n_ctx` rows of `n_embd` (GPT-2; LLaMA rotates instead).
+    pub position_embd: Option<Matrix>,
     /// Transformer blocks.
     pub blocks: Vec<Block>,
-    /// Final LayerNorm.
+    /// Final norm.
     pub output_norm: Norm,
     /// Output head, `n_vocab` rows of `n_embd`: `output.weight`, or `token_embd.weight` when tied.
     pub output: Matrix,
@@ -116,24 +134,64 @@ pub struct Gpt2Weights {
     pub tied_output: bool,
 }
 
-impl Gpt2Weights {
-    /// Finds, type-checks and shape-checks every tensor GPT-2 needs.
-    pub fn load(file: &GgufFile, cfg: &Gpt2Config) -> Result<Self, ModelError> {
-        let (e, f, v) = (cfg.n_embd, cfg.n_ff, cfg.n_vocab);
+impl Weights {
+    /// Finds, type-checks and shape-checks every tensor the architecture needs.
+    pub fn load(file: &GgufFile, cfg: &ModelConfig) -> Result<Self, ModelError> {
+        let (e, f, v, kv) = (cfg.n_embd, cfg.n_ff, cfg.n_vocab, cfg.kv_dim());
+        let gpt2 = cfg.arch == Arch::Gpt2;
+        if !gpt2 && file.tensor("rope_freqs.weight").is_some() {
+            return Err(ModelError::Hyperparameter {
+                key: "rope_freqs.weight".into(),
+                reason: "per-dimension rope frequency factors (Llama 3.1 style) are not supported"
+                    .into(),
+            });
+        }
+        let lin = |name: &str, n_in: usize, n_out: usize| -> Result<Linear, ModelError> {
+            if gpt2 {
+                linear(file, name, n_in, n_out)
+            } else {
+                linear_opt_bias(file, name, n_in, n_out)
+            }
+        };
+        let nrm = |name: &str| -> Result<Norm, ModelError> {
+            if gpt2 {
+                norm(file, name, e)
+            } else {
+                rms_norm(file, name, e)
+            }
+        };
         let mut blocks = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = format!("blk.{i}");
+            let attn_qkv = if gpt2 {
+                Qkv::Fused(lin(&format!("{p}.attn_qkv"), e, 3 * e)?)
+            } else {
+                Qkv::Split {
+                    q: lin(&format!("{p}.attn_q"), e, e)?,
+                    k: lin(&format!("{p}.attn_k"), e, kv)?,
+                    v: lin(&format!("{p}.attn_v"), e, kv)?,
+                }
+            };
             blocks.push(Block {
-                attn_norm: norm(file, &format!("{p}.attn_norm"), e)?,
-                attn_qkv: linear(file, &format!("{p}.attn_qkv"), e, 3 * e)?,
-                attn_output: linear(file, &format!("{p}.attn_output"), e, e)?,
-                ffn_norm: norm(file, &format!("{p}.ffn_norm"), e)?,
-                ffn_up: linear(file, &format!("{p}.ffn_up"), e, f)?,
-                ffn_down: linear(file, &format!("{p}.ffn_down"), f, e)?,
+                attn_norm: nrm(&format!("{p}.attn_norm"))?,
+                attn_qkv,
+                attn_output: lin(&format!("{p}.attn_output"), e, e)?,
+                ffn_norm: nrm(&format!("{p}.ffn_norm"))?,
+                ffn_gate: if gpt2 {
+                    None
+                } else {
+                    Some(lin(&format!("{p}.ffn_gate"), e, f)?)
+                },
+                ffn_up: lin(&format!("{p}.ffn_up"), e, f)?,
+                ffn_down: lin(&format!("{p}.ffn_down"), f, e)?,
             });
         }
         let token_embd = matrix(file, "token_embd.weight", e, v)?;
-        let position_embd = matrix(file, "position_embd.weight", e, cfg.n_ctx)?;
+        let position_embd = if gpt2 {
+            Some(matrix(file, "position_embd.weight", e, cfg.n_ctx)?)
+        } else {
+            None
+        };
         let (output, tied_output) = match file.tensor("output.weight") {
             Some(_) => (matrix(file, "output.weight", e, v)?, false),
             None => (token_embd.clone(), true),
@@ -142,7 +200,7 @@ impl Gpt2Weights {
             token_embd,
             position_embd,
             blocks,
-            output_norm: norm(file, "output_norm", e)?,
+            output_norm: nrm("output_norm")?,
             output,
             tied_output,
         })
@@ -202,13 +260,37 @@ fn vector(file: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError>
 fn linear(file: &GgufFile, prefix: &str, n_in: usize, n_out: usize) -> Result<Linear, ModelError> {
     Ok(Linear {
         w: matrix(file, &format!("{prefix}.weight"), n_in, n_out)?,
-        b: vector(file, &format!("{prefix}.bias"), n_out)?,
+        b: Some(vector(file, &format!("{prefix}.bias"), n_out)?),
+    })
+}
+
+/// A linear layer whose bias is used when the file has one.
+fn linear_opt_bias(
+    file: &GgufFile,
+    prefix: &str,
+    n_in: usize,
+    n_out: usize,
+) -> Result<Linear, ModelError> {
+    let bias = format!("{prefix}.bias");
+    Ok(Linear {
+        w: matrix(file, &format!("{prefix}.weight"), n_in, n_out)?,
+        b: match file.tensor(&bias) {
+            Some(_) => Some(vector(file, &bias, n_out)?),
+            None => None,
+        },
     })
 }
 
 fn norm(file: &GgufFile, prefix: &str, n: usize) -> Result<Norm, ModelError> {
     Ok(Norm {
         w: vector(file, &format!("{prefix}.weight"), n)?,
-        b: vector(file, &format!("{prefix}.bias"), n)?,
+        b: Some(vector(file, &format!("{prefix}.bias"), n)?),
+    })
+}
+
+fn rms_norm(file: &GgufFile, prefix: &str, n: usize) -> Result<Norm, ModelError> {
+    Ok(Norm {
+        w: vector(file, &format!("{prefix}.weight"), n)?,
+        b: None,
     })
 }

@@ -15,7 +15,9 @@ const AHEAD: usize = 2;
 /// Attention for `t` new tokens whose keys and values are already in `cache` (layer `layer`).
 ///
 /// `q`: t rows with stride `q_stride`, the query in the first `n_head · head_dim` values of each
-/// row (so the fused QKV buffer can be passed as is); `out`: t × (n_head · head_dim). New token i
+/// row (so the fused QKV buffer can be passed as is); `out`: t × (n_head · head_dim). The cache
+/// holds `n_head_kv` heads; query head h reads key/value head h / (n_head / n_head_kv)
+/// (grouped-query attention; n_head_kv = n_head is plain multi-head attention). New token i
 /// sits at position `pos0 + i` and attends to positions `0..=pos0 + i`. Work is split over
 /// groups of four tokens (each task covering every head), or over heads when there are at most
 /// four tokens (decode) and `split_heads` is set (a caller that already runs several sequences
@@ -29,11 +31,13 @@ pub fn causal_attention(
     cache: &KvCache,
     layer: usize,
     pos0: usize,
-    n_head: usize,
+    (n_head, n_head_kv): (usize, usize),
     head_dim: usize,
     out: &mut [f32],
     split_heads: bool,
 ) {
+    assert!(n_head_kv > 0 && n_head % n_head_kv == 0, "head groups");
+    let group = n_head / n_head_kv;
     let n_embd = n_head * head_dim;
     let t = out.len() / n_embd;
     assert!(
@@ -72,7 +76,7 @@ pub fn causal_attention(
             out: o,
             out_stride: o_stride,
         };
-        match cache.head(layer, h) {
+        match cache.head(layer, h / group) {
             KvHead::F16 { kt, v } => call(k.attend_f16, kt, v, args),
             KvHead::F32 { kt, v } => call(k.attend_f32, kt, v, args),
         }
@@ -82,11 +86,11 @@ pub fn causal_attention(
         // (the kernels ask for later blocks themselves).
         let first = (pos0 + t).min(KEYS);
         for h in 0..AHEAD.min(n_head) {
-            cache.prefetch(layer, h, first);
+            cache.prefetch(layer, h / group, first);
         }
         for h in 0..n_head {
-            if h + AHEAD < n_head {
-                cache.prefetch(layer, h + AHEAD, first);
+            if h + AHEAD < n_head && (h + AHEAD).is_multiple_of(group) {
+                cache.prefetch(layer, (h + AHEAD) / group, first);
             }
             run(h, 0, t, &mut out[h * head_dim..], n_embd);
         }
@@ -133,10 +137,11 @@ mod tests {
         keys: &[Vec<f32>],
         vals: &[Vec<f32>],
         pos0: usize,
-        nh: usize,
+        (nh, nkv): (usize, usize),
         hd: usize,
     ) -> Vec<f32> {
         let c = nh * hd;
+        let g = nh / nkv;
         let t = q.len() / c;
         let mut out = vec![0.0f32; t * c];
         for i in 0..t {
@@ -145,7 +150,7 @@ mod tests {
                 let n = pos0 + i + 1;
                 let scores: Vec<f64> = (0..n)
                     .map(|p| {
-                        let kh = &keys[p][h * hd..][..hd];
+                        let kh = &keys[p][h / g * hd..][..hd];
                         qh.iter()
                             .zip(kh)
                             .map(|(&a, &b)| a as f64 * b as f64)
@@ -157,7 +162,7 @@ mod tests {
                 let w: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                 let z: f64 = w.iter().sum();
                 for d in 0..hd {
-                    let v: f64 = (0..n).map(|p| w[p] * vals[p][h * hd + d] as f64).sum();
+                    let v: f64 = (0..n).map(|p| w[p] * vals[p][h / g * hd + d] as f64).sum();
                     out[i * c + h * hd + d] = (v / z) as f32;
                 }
             }
@@ -171,20 +176,28 @@ mod tests {
     /// last block is short).
     #[test]
     fn matches_plain_softmax_attention() {
-        check(3, 16, 80);
-        check(2, 64, 150);
+        check(3, 3, 16, 80);
+        check(2, 2, 64, 150);
     }
 
-    fn check(nh: usize, hd: usize, cap: usize) {
+    /// Grouped-query attention: 6 and 9 query heads over 2 and 3 key/value heads.
+    #[test]
+    fn grouped_query_heads_share_their_keys_and_values() {
+        check(6, 2, 16, 80);
+        check(9, 3, 64, 80);
+    }
+
+    fn check(nh: usize, nkv: usize, hd: usize, cap: usize) {
         let c = nh * hd;
+        let ckv = nkv * hd;
         let mut rng = Rng::new(3);
         let mut r =
             |n: usize, a: f32| -> Vec<f32> { (0..n).map(|_| (rng.next_f32() - 0.5) * a).collect() };
-        let keys: Vec<Vec<f32>> = (0..cap).map(|_| r(c, 4.0)).collect();
-        let vals: Vec<Vec<f32>> = (0..cap).map(|_| r(c, 2.0)).collect();
+        let keys: Vec<Vec<f32>> = (0..cap).map(|_| r(ckv, 4.0)).collect();
+        let vals: Vec<Vec<f32>> = (0..cap).map(|_| r(ckv, 2.0)).collect();
         let q = r(cap.max(76) * c, 4.0);
         for ty in [KvType::F32, KvType::F16] {
-            let mut cache = KvCache::new(1, nh, hd, cap, ty);
+            let mut cache = KvCache::new(1, nkv, hd, cap, ty);
             let round = |x: &Vec<f32>| -> Vec<f32> {
                 match ty {
                     KvType::F32 => x.clone(),
@@ -205,8 +218,10 @@ mod tests {
                 for (pos0, t) in [(5, 70), (75, 1), (0, 3), (cap - 6, 6)] {
                     let qs = &q[..t * c];
                     let mut out = vec![0.0; t * c];
-                    causal_attention(&k, qs, c, &cache, 0, pos0, nh, hd, &mut out, t % 2 == 1);
-                    let want = reference(qs, &kr, &vr, pos0, nh, hd);
+                    let split = t % 2 == 1;
+                    let heads = (nh, nkv);
+                    causal_attention(&k, qs, c, &cache, 0, pos0, heads, hd, &mut out, split);
+                    let want = reference(qs, &kr, &vr, pos0, heads, hd);
                     for (j, (g, w)) in out.iter().zip(&want).enumerate() {
                         assert!(
                             (g - w).abs() <= 2e-5 * (1.0 + w.abs()),

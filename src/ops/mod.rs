@@ -9,10 +9,12 @@ mod gemm_f32;
 mod matmul;
 mod norm;
 mod panel;
+mod rope;
 
 pub use attention::causal_attention;
 pub use matmul::{linear, MatmulCtx, MatmulScratch};
-pub use norm::layer_norm;
+pub use norm::{layer_norm, rms_norm};
+pub use rope::rope;
 
 use crate::kernels::Kernels;
 
@@ -35,6 +37,24 @@ pub fn gelu(k: &Kernels, x: &mut [f32]) {
             .for_each(k.gelu);
     } else {
         x.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(k.gelu);
+    }
+}
+
+/// SwiGLU's activation: `gate = silu(gate) · up` with silu(g) = g / (1 + e^(−g)), in place; split
+/// over the threads above one chunk.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    use rayon::prelude::*;
+    let f = |(g, u): (&mut [f32], &[f32])| {
+        for (a, &b) in g.iter_mut().zip(u) {
+            *a = *a / (1.0 + (-*a).exp()) * b;
+        }
+    };
+    if gate.len() <= ELEMENTWISE_CHUNK {
+        f((gate, up));
+    } else {
+        gate.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(up.par_chunks(ELEMENTWISE_CHUNK))
+            .for_each(f);
     }
 }
 
@@ -94,6 +114,22 @@ mod tests {
             for (a, b) in x.iter().zip(want) {
                 assert!((a - b).abs() < 1e-6, "{isa}: {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn silu_mul_matches_its_definition() {
+        let n = 3 * ELEMENTWISE_CHUNK + 5;
+        let mut g: Vec<f32> = (0..n).map(|i| (i % 97) as f32 * 0.2 - 9.0).collect();
+        let u: Vec<f32> = (0..n).map(|i| (i % 13) as f32 - 6.0).collect();
+        let want: Vec<f64> = g
+            .iter()
+            .zip(&u)
+            .map(|(&a, &b)| a as f64 / (1.0 + (-a as f64).exp()) * b as f64)
+            .collect();
+        silu_mul(&mut g, &u);
+        for (a, b) in g.iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }
 

@@ -1,4 +1,4 @@
-//! LayerNorm.
+//! LayerNorm (GPT-2) and RMSNorm (LLaMA).
 
 use rayon::prelude::*;
 
@@ -18,6 +18,28 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
         x.par_chunks_exact(n)
             .zip(out.par_chunks_exact_mut(n))
             .for_each(row);
+    }
+}
+
+/// `out = x / √(mean(x²) + eps) · w` for each row of `x` (rows of `w.len()` values).
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    let row = |(xr, or): (&[f32], &mut [f32])| rms_row(xr, w, eps, or);
+    if x.len() < PARALLEL_VALUES {
+        x.chunks_exact(n).zip(out.chunks_exact_mut(n)).for_each(row);
+    } else {
+        x.par_chunks_exact(n)
+            .zip(out.par_chunks_exact_mut(n))
+            .for_each(row);
+    }
+}
+
+/// One row of [`rms_norm`].
+fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = lane_sum(x, |v| v * v) / x.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    for ((o, &v), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = v * inv * wi;
     }
 }
 
@@ -62,6 +84,23 @@ mod tests {
         assert!(
             out[4..].iter().all(|v| (v - 0.5).abs() < 1e-6),
             "constant row maps to b"
+        );
+    }
+
+    #[test]
+    fn rms_normalises_rows() {
+        // Row [3, 4]: mean square 12.5, so each value is divided by √12.5 then scaled by w.
+        let x = [3.0, 4.0, 0.0, 0.0];
+        let w = [1.0, 2.0];
+        let mut out = [9.0; 4];
+        rms_norm(&x, &w, 0.0, &mut out);
+        let r = 12.5f32.sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+        rms_norm(&x, &w, 1e-5, &mut out);
+        assert_eq!(
+            &out[2..],
+            &[0.0, 0.0],
+            "a zero row stays zero (eps keeps it finite)"
         );
     }
 }

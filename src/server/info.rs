@@ -27,7 +27,7 @@ pub(super) fn model_info(
     for ti in file.tensors() {
         *types.entry(ti.ty.name()).or_default() += 1;
     }
-    let special = [("bos", t.bos()), ("eos", t.eos())]
+    let special = [("bos", t.bos()), ("eos", t.eos()), ("eot", t.eot())]
         .into_iter()
         .filter_map(|(role, id)| {
             id.map(|id| pb::SpecialToken {
@@ -72,5 +72,7 @@ pub(super) fn model_info(
         kv_cache_type: m.model.kv_type().name().to_owned(),
         threads: rayon::current_num_threads() as u32,
         server_version: super::VERSION.to_owned(),
+        head_count_kv: c.n_head_kv as u32,
+        chat_template: m.chat.is_ok(),
     }
 }

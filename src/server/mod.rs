@@ -282,7 +282,7 @@ async fn stop_metrics(
 /// The engine's limits from the server's settings, checked.
 fn engine_config(
     c: &ServeConfig,
-    m: &crate::model::Gpt2Config,
+    m: &crate::model::ModelConfig,
     kv_type: crate::model::KvType,
 ) -> Result<EngineConfig, ServeError> {
     let n_ctx = m.n_ctx;

@@ -7,6 +7,7 @@ use tonic::Status;
 
 use super::config::Limits;
 use super::pb;
+use crate::chat::ChatMessage;
 use crate::engine::Prompt;
 use crate::generate::GenerateOptions;
 use crate::sampling::SamplingParams;
@@ -46,7 +47,12 @@ pub(super) fn validate(
     deadline: Option<Instant>,
 ) -> Result<Validated, Status> {
     let prompt = match req.input {
-        None => return Err(invalid("input: a prompt or prompt_token_ids is required")),
+        None => {
+            return Err(invalid(
+                "input: a prompt, prompt_token_ids or messages is required",
+            ))
+        }
+        Some(pb::generate_request::Input::Messages(c)) => Prompt::Chat(chat_messages(c)?),
         Some(pb::generate_request::Input::Prompt(p)) if p.is_empty() => {
             return Err(invalid("prompt: must not be empty"))
         }
@@ -121,6 +127,40 @@ pub(super) fn validate(
         },
         echo: req.echo,
     })
+}
+
+/// Most messages in a conversation.
+pub const MAX_CHAT_MESSAGES: usize = 1024;
+/// Longest role name, in bytes.
+pub const MAX_ROLE_BYTES: usize = 64;
+
+/// The messages of a chat request, checked.
+fn chat_messages(c: pb::ChatMessages) -> Result<Vec<ChatMessage>, Status> {
+    if c.messages.is_empty() {
+        return Err(invalid("messages: at least one message is required"));
+    }
+    if c.messages.len() > MAX_CHAT_MESSAGES {
+        return Err(invalid(format!(
+            "messages: {} messages, at most {MAX_CHAT_MESSAGES} allowed",
+            c.messages.len()
+        )));
+    }
+    c.messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if m.role.is_empty() || m.role.len() > MAX_ROLE_BYTES {
+                return Err(invalid(format!(
+                    "messages[{i}].role: {} bytes; a role must have 1 to {MAX_ROLE_BYTES} bytes",
+                    m.role.len()
+                )));
+            }
+            Ok(ChatMessage {
+                role: m.role,
+                content: m.content,
+            })
+        })
+        .collect()
 }
 
 /// What the server does with a GenerateRequest body before queueing it: protobuf decoding, then

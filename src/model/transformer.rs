@@ -1,9 +1,8 @@
-//! The GPT-2 forward pass: a flat list of named ops with their shapes (T = new tokens,
-//! C = n_embd, F = n_ff, V = n_vocab).
+//! A loaded model and its activation buffers; the forward pass itself is in `batch.rs`.
 
 use std::sync::Arc;
 
-use super::{Gpt2Config, Gpt2Weights, KvCache, KvMemory, KvType, ModelError};
+use super::{KvCache, KvMemory, KvType, ModelConfig, ModelError, Weights};
 use crate::gguf::GgufFile;
 use crate::kernels::{self, Kernels};
 use crate::ops;
@@ -34,11 +33,11 @@ pub enum Logits {
     None,
 }
 
-/// A loaded GPT-2 model: the mapped file, its hyperparameters and typed weights.
-pub struct Gpt2 {
+/// A loaded model (GPT-2 or LLaMA): the mapped file, its hyperparameters and typed weights.
+pub struct Model {
     file: Arc<GgufFile>,
-    config: Gpt2Config,
-    weights: Gpt2Weights,
+    config: ModelConfig,
+    weights: Weights,
     kernels: Kernels,
     exact: bool,
     kv_type: KvType,
@@ -53,6 +52,8 @@ pub struct Scratch {
     pub(super) att: Vec<f32>,
     pub(super) proj: Vec<f32>,
     pub(super) ff: Vec<f32>,
+    /// SwiGLU's second MLP projection (LLaMA; empty for GPT-2).
+    pub(super) up: Vec<f32>,
     /// Logits of the sequences that need only their last position, stacked.
     pub(super) logits: Vec<f32>,
     pub(super) mm: ops::MatmulScratch,
@@ -60,16 +61,18 @@ pub struct Scratch {
 
 impl Scratch {
     /// Buffers for `cfg`, steps of at most `max_tokens` tokens.
-    pub fn new(cfg: &Gpt2Config, max_tokens: usize) -> Self {
+    pub fn new(cfg: &ModelConfig, max_tokens: usize) -> Self {
         let (t, c, f) = (max_tokens.max(1), cfg.n_embd, cfg.n_ff);
+        let gated = cfg.arch == super::Arch::Llama;
         Self {
             max_tokens: t,
             x: vec![0.0; t * c],
             h: vec![0.0; t * c],
-            qkv: vec![0.0; t * 3 * c],
+            qkv: vec![0.0; t * (c + 2 * cfg.kv_dim())],
             att: vec![0.0; t * c],
             proj: vec![0.0; t * c],
             ff: vec![0.0; t * f],
+            up: vec![0.0; if gated { t * f } else { 0 }],
             logits: Vec::new(),
             mm: ops::MatmulScratch::default(),
         }
@@ -81,11 +84,11 @@ impl Scratch {
     }
 }
 
-impl Gpt2 {
-    /// Validates `file` as a GPT-2 model.
+impl Model {
+    /// Validates `file` as a model of a supported architecture.
     pub fn new(file: Arc<GgufFile>) -> Result<Self, ModelError> {
-        let config = Gpt2Config::from_gguf(&file)?;
-        let weights = Gpt2Weights::load(&file, &config)?;
+        let config = ModelConfig::from_gguf(&file)?;
+        let weights = Weights::load(&file, &config)?;
         Ok(Self {
             file,
             config,
@@ -107,17 +110,17 @@ impl Gpt2 {
         self.exact = exact;
     }
 
-    /// The element type of the caches [`Gpt2::new_cache`] makes (F16 unless set).
+    /// The element type of the caches [`Model::new_cache`] makes (F16 unless set).
     pub fn set_kv_type(&mut self, ty: KvType) {
         self.kv_type = ty;
     }
 
-    /// The element type of the caches [`Gpt2::new_cache`] makes.
+    /// The element type of the caches [`Model::new_cache`] makes.
     pub fn kv_type(&self) -> KvType {
         self.kv_type
     }
 
-    /// Whether matmuls dequantize weight rows to f32 (see [`Gpt2::set_exact_matmul`]).
+    /// Whether matmuls dequantize weight rows to f32 (see [`Model::set_exact_matmul`]).
     pub fn exact_matmul(&self) -> bool {
         self.exact
     }
@@ -128,12 +131,12 @@ impl Gpt2 {
     }
 
     /// Hyperparameters.
-    pub fn config(&self) -> &Gpt2Config {
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
     /// Typed weights.
-    pub fn weights(&self) -> &Gpt2Weights {
+    pub fn weights(&self) -> &Weights {
         &self.weights
     }
 
@@ -158,18 +161,18 @@ impl Gpt2 {
         let cfg = &self.config;
         KvCache::elements_for(
             cfg.n_layer,
-            cfg.n_head,
+            cfg.n_head_kv,
             cfg.head_dim(),
             capacity.min(cfg.n_ctx),
         )
     }
 
-    /// [`Gpt2::new_cache_typed`] on the memory of a finished cache when it fits.
+    /// [`Model::new_cache_typed`] on the memory of a finished cache when it fits.
     pub fn new_cache_in(&self, capacity: usize, ty: KvType, memory: Option<KvMemory>) -> KvCache {
         let cfg = &self.config;
         KvCache::with_memory(
             cfg.n_layer,
-            cfg.n_head,
+            cfg.n_head_kv,
             cfg.head_dim(),
             capacity.min(cfg.n_ctx),
             ty,
@@ -180,7 +183,7 @@ impl Gpt2 {
     /// Runs `tokens` through the model after the positions already in `cache`, appends their keys
     /// and values, and writes logits: V values for `Logits::Last`, T × V for `Logits::All`.
     /// Steps longer than `scratch.max_tokens()` are processed in chunks. One sequence of
-    /// [`Gpt2::forward_batch`].
+    /// [`Model::forward_batch`].
     pub fn forward(
         &self,
         cache: &mut KvCache,

@@ -37,6 +37,8 @@ pub enum ChatError {
     Compile(String),
     #[error("the model's chat template refused the messages: {0}")]
     Render(String),
+    #[error("the rendered conversation could not be tokenized: {0}")]
+    Encode(String),
 }
 
 /// A compiled chat template.

@@ -24,14 +24,21 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 
 /// Control tokens that end a turn in chat templates, as llama.cpp recognises them by text when
 /// the file names no end-of-turn id.
-const END_OF_TURN_TEXTS: [&str; 6] = [
+const END_OF_TURN_TEXTS: [&str; 7] = [
     "<|eot_id|>",
+    "<|eom_id|>",
     "<|im_end|>",
     "<|end|>",
     "<end_of_turn>",
     "<|endoftext|>",
     "<|end_of_text|>",
 ];
+
+/// Whether `pre` names Llama 3's pre-tokenizer, whose vocabularies also skip BPE merges for a
+/// piece that is a token already, and start sequences with BOS unless the file says otherwise.
+fn is_llama3(pre: &str) -> bool {
+    matches!(pre, "llama-bpe" | "llama3" | "llama-v3")
+}
 
 /// The pre-tokenizers qgpt knows, by their `tokenizer.ggml.pre` names. Any other name is refused
 /// at load: splitting text differently than the model was trained gives valid-looking but wrong
@@ -44,7 +51,7 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, ModelError> {
         "gpt-2" | "default" => byte_level.into(),
         // Every digit apart, then GPT-2's regex (SmolLM's tokenizer.json: Digits + ByteLevel).
         "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        "llama-bpe" | "llama3" | "llama-v3" => {
+        p if is_llama3(p) => {
             let split = Split::new(
                 SplitPattern::Regex(LLAMA3_SPLIT.into()),
                 SplitDelimiterBehavior::Isolated,
@@ -164,9 +171,20 @@ impl Tokenizer {
         };
         let bos = id_key("tokenizer.ggml.bos_token_id")?;
         let eos = id_key("tokenizer.ggml.eos_token_id")?;
-        let eot = id_key("tokenizer.ggml.eot_token_id")?;
+        // End-of-turn and end-of-message ids only add stop tokens: a bad one is ignored, as
+        // llama.cpp does, rather than refusing the model.
+        let optional_id = |key: &str| match id_key(key) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!("{e}; ignored");
+                None
+            }
+        };
+        let eot = optional_id("tokenizer.ggml.eot_token_id");
+        let eom = optional_id("tokenizer.ggml.eom_token_id");
         let add_bos = match file.get("tokenizer.ggml.add_bos_token") {
-            None => false,
+            // llama.cpp's defaults: Llama 3 vocabularies start with BOS, GPT-2's do not.
+            None => is_llama3(&pre),
             Some(Value::Bool(b)) => *b,
             Some(v) => {
                 return Err(err(format!(
@@ -197,6 +215,7 @@ impl Tokenizer {
         let n_merges = merges.len();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
+            .ignore_merges(is_llama3(&pre))
             .build()
             .map_err(|e| err(format!("invalid BPE vocabulary or merges: {e}")))?;
         let mut inner = tokenizers::Tokenizer::new(bpe);
@@ -234,7 +253,7 @@ impl Tokenizer {
             })
             .collect();
         // Generation ends at EOS, at the end-of-turn id, and at control tokens that end a turn.
-        let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).collect();
+        let mut end_of_generation: Vec<u32> = eos.into_iter().chain(eot).chain(eom).collect();
         for (id, (t, &ty)) in tokens.iter().zip(&types).enumerate() {
             if ty == TOKEN_TYPE_CONTROL && END_OF_TURN_TEXTS.contains(&t.as_str()) {
                 end_of_generation.push(id as u32);

@@ -44,7 +44,7 @@ fn inspect_shows_hyperparameters_tokenizer_and_tensors() {
     assert!(s.contains("architecture: gpt2"), "{s}");
     assert!(s.contains("file type: MOSTLY_Q4_0 (2)"), "{s}");
     assert!(
-        s.contains("n_vocab=512 n_ctx=128 n_embd=256 n_ff=1024 n_head=4 n_layer=2"),
+        s.contains("n_vocab=512 n_ctx=128 n_embd=256 n_ff=1024 n_head=4 n_head_kv=4 n_layer=2"),
         "{s}"
     );
     assert!(s.contains("output head: tied to token_embd.weight"), "{s}");

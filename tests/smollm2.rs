@@ -275,3 +275,32 @@ async fn serves_chat_requests() {
     let e = client.generate(empty).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 }
+
+/// The startup KV check counts the key/value heads only (3 of 9 here): 2 × 30 layers × 192 × 4
+/// bytes = 45 KiB a position in F32, not the 135 KiB of a cache per query head.
+#[test]
+fn the_startup_kv_check_counts_key_value_heads() {
+    let Some(path) = smollm2() else { return };
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .args(["-m", path.to_str().unwrap(), "--kv-type", "f32"])
+        .args([
+            "--max-running",
+            "100000000",
+            "--max-batch-tokens",
+            "100000000",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("tokens of 45 KiB, f32"), "{err}");
+}

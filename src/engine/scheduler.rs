@@ -282,6 +282,10 @@ fn prepare(m: &LoadedModel, job: Job, cfg: &EngineConfig, state: &EngineState) -
                 refuse(&job, Status::invalid_argument(format!("messages: {e}")));
                 return None;
             }
+            Err(e @ ChatError::Encode(_)) => {
+                refuse(&job, Status::internal(format!("messages: {e}")));
+                return None;
+            }
         },
     };
     if prompt.is_empty() {

@@ -3,6 +3,7 @@
 
 use super::ModelError;
 use crate::gguf::GgufFile;
+use crate::kernels::attend::MAX_HEAD_DIM;
 
 /// Upper bounds on what a file may claim; they keep scratch and KV sizes sane on hostile input.
 const MAX_LAYERS: u64 = 1024;
@@ -109,6 +110,15 @@ impl ModelConfig {
             ));
         }
         let head_dim = n_embd / n_head;
+        if head_dim > MAX_HEAD_DIM {
+            return Err(bad(
+                &head_key,
+                format!(
+                    "heads of {head_dim} values ({n_embd} / {n_head}): the attention kernels \
+                     take at most {MAX_HEAD_DIM}"
+                ),
+            ));
+        }
         let eps_key = match arch {
             Arch::Gpt2 => format!("{a}.attention.layer_norm_epsilon"),
             Arch::Llama => format!("{a}.attention.layer_norm_rms_epsilon"),

@@ -8,7 +8,7 @@ use crate::quant::GgmlType;
 pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("general.architecture is '{found}': qgpt serves 'gpt2'")]
+    #[error("general.architecture is '{found}': qgpt serves 'gpt2' and 'llama'")]
     UnsupportedArchitecture { found: String },
     #[error("metadata key '{key}': {reason}")]
     Hyperparameter { key: String, reason: String },

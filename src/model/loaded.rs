@@ -76,7 +76,7 @@ impl LoadedModel {
         let chat = self.chat.as_ref().map_err(Clone::clone)?;
         let text = chat.render(messages, true)?;
         self.encode_prompt(&text)
-            .map_err(|e| ChatError::Render(e.to_string()))
+            .map_err(|e| ChatError::Encode(e.to_string()))
     }
 }
 

@@ -322,7 +322,7 @@ fn engine_config(
     };
     // KV memory is reserved per request, so it grows to at most the budget or what the running
     // requests can hold, whichever is less: refuse at startup what the machine cannot give.
-    let per_token = 2 * m.n_layer * m.n_embd * kv_type.size();
+    let per_token = 2 * m.n_layer * m.kv_dim() * kv_type.size();
     let worst = kv.min(b.max_running.saturating_mul(n_ctx)) as u128 * per_token as u128;
     if let Some(limit) = crate::memory::memory_limit() {
         if worst > u128::from(limit) {

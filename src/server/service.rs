@@ -196,11 +196,12 @@ impl pb::text_generation_server::TextGeneration for Service {
         let tokens = self
             .blocking(move |m| {
                 let t = &m.tokenizer;
-                let mut ids = Vec::new();
-                if req.add_special_tokens && t.add_bos() {
-                    ids.extend(t.bos());
-                }
-                ids.extend(t.encode(&req.text)?);
+                // As Generate tokenizes a text prompt when special tokens are asked for.
+                let ids = if req.add_special_tokens {
+                    m.encode_prompt(&req.text)?
+                } else {
+                    t.encode(&req.text)?
+                };
                 Ok::<_, crate::model::ModelError>(
                     ids.into_iter().map(|id| plain_token(t, id)).collect(),
                 )

@@ -31,12 +31,13 @@ fn noise(state: &mut u64) -> f32 {
     ((*state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
-/// The tokenizer keys of the tiny models: GPT-2's 256 byte symbols, three merges and a control
-/// token (BOS = EOS), with the pre-tokenizer `pre`.
+/// The tokenizer keys of the tiny models: GPT-2's 256 byte symbols, three merges, a token no
+/// merge reaches and a control token (BOS = EOS), with the pre-tokenizer `pre`.
 fn tiny_vocab(pre: &str) -> (u64, Vec<(String, Value)>) {
     let mut tokens = byte_symbols();
     let merges = ["Ġ t", "h e", "Ġt he"];
-    tokens.extend(["Ġt", "he", "Ġthe", "<|endoftext|>"].map(str::to_owned));
+    // "hello" is a token no merge reaches: Llama 3 vocabularies take it whole (ignore_merges).
+    tokens.extend(["Ġt", "he", "Ġthe", "hello", "<|endoftext|>"].map(str::to_owned));
     let n_vocab = tokens.len() as u64;
     let mut types = vec![1i32; tokens.len()];
     *types.last_mut().expect("tokens") = 3;
@@ -67,7 +68,7 @@ fn tiny_vocab(pre: &str) -> (u64, Vec<(String, Value)>) {
     (n_vocab, meta)
 }
 
-/// A one-layer GPT-2 (width `n_embd`, context 8, 260 tokens) with matrices of type `ty`, in
+/// A one-layer GPT-2 (width `n_embd`, context 8, 261 tokens) with matrices of type `ty`, in
 /// llama.cpp's layout.
 pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
     let (n_vocab, vocab) = tiny_vocab("gpt-2");
@@ -108,7 +109,7 @@ pub fn tiny_gguf(n_embd: u64, ty: GgmlType) -> Vec<u8> {
     write_model(&meta, shapes, ty)
 }
 
-/// A one-layer LLaMA (width 64, 4 query heads and 2 key/value heads of 16, context 16, 260
+/// A one-layer LLaMA (width 64, 4 query heads and 2 key/value heads of 16, context 16, 261
 /// tokens, SmolLM's pre-tokenizer, untied head) with matrices of type `ty`; `extra` metadata
 /// is added or replaces a key.
 pub fn tiny_llama_gguf(ty: GgmlType, extra: &[(&str, Value)]) -> Vec<u8> {

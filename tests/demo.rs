@@ -104,7 +104,7 @@ fn heldout_perplexity_equals_llama_perplexity_s() {
     let r = reference();
     let text = fixture("demo/kjv-heldout.txt");
     let n_ctx = r["n_ctx"].as_u64().unwrap().to_string();
-    let got = perplexity_json(&demo_path(), &text, &n_ctx);
+    let got = perplexity_json(&demo_path(), &text, &n_ctx, &[]);
     let want = &r["perplexity"];
     assert_eq!(got["chunks"], want["chunks"]);
     let (g, w) = (got["ppl"].as_f64().unwrap(), want["ppl"].as_f64().unwrap());

@@ -7,7 +7,7 @@ mod common;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{fixture, spawn_serve, spawn_serve_on, wait_serving};
+use common::{fixture, serve_refusing_huge_kv, spawn_serve, spawn_serve_on, wait_serving};
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input};
 
@@ -98,30 +98,7 @@ fn a_kv_cache_bigger_than_memory_is_refused_at_startup() {
     let m = fixture("models/small-q8_0.gguf").display().to_string();
     // 100 million running requests of 128 positions at 4 KiB each (F32): 48,828 GiB of KV cache,
     // more than any machine has (else this server would start and the test would wait on it).
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "-m",
-            &m,
-        ])
-        .args([
-            "--max-running",
-            "100000000",
-            "--max-batch-tokens",
-            "100000000",
-            "--kv-type",
-            "f32",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refusing_huge_kv(&m);
     assert!(
         err.contains("the KV cache may grow to 48828.1 GiB"),
         "{err}"

@@ -33,7 +33,7 @@ fn matches_llama_perplexity_on_every_fixture() {
     let n_ctx = r["n_ctx"].as_u64().unwrap().to_string();
     for (name, want) in r["models"].as_object().unwrap() {
         let model = fixture(&format!("models/{name}.gguf"));
-        let got = perplexity_json(model.to_str().unwrap(), &text, &n_ctx);
+        let got = perplexity_json(model.to_str().unwrap(), &text, &n_ctx, &[]);
         assert_eq!(got["chunks"], want["chunks"], "{name}");
         let (g, w) = (got["ppl"].as_f64().unwrap(), want["ppl"].as_f64().unwrap());
         let tol = if name.ends_with("f32") { 1e-3 } else { 5e-3 };

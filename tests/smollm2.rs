@@ -8,7 +8,9 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use common::{fixture, smollm2, spawn_serve, wait_serving};
+use common::{
+    fixture, perplexity_json, serve_refusing_huge_kv, smollm2, spawn_serve, wait_serving,
+};
 use qgpt::chat::ChatMessage;
 use qgpt::generate::{generate, FinishReason, GenerateOptions};
 use qgpt::model::{Arch, LoadedModel};
@@ -175,25 +177,9 @@ fn greedy_chat_tokens_equal_llama_cpp() {
 fn perplexity_is_within_half_a_percent_of_llama_cpp() {
     let Some(path) = smollm2() else { return };
     let want = reference().perplexity;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
-        .args([
-            "perplexity",
-            "-m",
-            path.to_str().unwrap(),
-            "-c",
-            "512",
-            "--json",
-        ])
-        .args(["--chunks", &want.chunks.to_string(), "-f"])
-        .arg(fixture("demo/kjv-heldout.txt"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chunks = want.chunks.to_string();
+    let text = fixture("demo/kjv-heldout.txt");
+    let got = perplexity_json(path.to_str().unwrap(), &text, "512", &["--chunks", &chunks]);
     let ppl = got["ppl"].as_f64().unwrap();
     let rel = (ppl - want.ppl).abs() / want.ppl;
     assert!(
@@ -281,26 +267,6 @@ async fn serves_chat_requests() {
 #[test]
 fn the_startup_kv_check_counts_key_value_heads() {
     let Some(path) = smollm2() else { return };
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
-        .args(["-m", path.to_str().unwrap(), "--kv-type", "f32"])
-        .args([
-            "--max-running",
-            "100000000",
-            "--max-batch-tokens",
-            "100000000",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let err = serve_refusing_huge_kv(path.to_str().unwrap());
     assert!(err.contains("tokens of 45 KiB, f32"), "{err}");
 }

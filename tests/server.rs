@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fixture;
 #[cfg(unix)]
 use common::spawn_serve;
+use common::{fixture, json_stdout};
 use qgpt::server::pb::text_generation_client::TextGenerationClient;
 use qgpt::server::pb::{self, generate_request::Input, FinishReason};
 use qgpt::server::{serve_on, Batching, Limits, ServeConfig, ServeError, TlsFiles, Transport};
@@ -220,12 +220,7 @@ async fn streamed_unary_and_cli_generation_agree() {
         .arg(fixture(SMALL))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cli = json_stdout(&out);
     assert_eq!(cli["text"].as_str().unwrap(), streamed_text);
     let cli_ids: Vec<u32> = serde_json::from_value(cli["ids"].clone()).unwrap();
     assert_eq!(cli_ids, streamed_ids);
@@ -1507,12 +1502,7 @@ async fn loadtest(server: &Server, args: &[&str]) -> serde_json::Value {
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_stdout(&out)
 }
 
 /// A codec that sends and receives message bodies as raw bytes, to put what a well-behaved

@@ -193,6 +193,11 @@ pub fn perplexity_json(
         .args(extra)
         .output()
         .unwrap();
+    json_stdout(&out)
+}
+
+/// The JSON a `qgpt ... --json` run printed, once it has exited successfully (else its stderr).
+pub fn json_stdout(out: &std::process::Output) -> serde_json::Value {
     assert!(
         out.status.success(),
         "{}",

@@ -142,6 +142,15 @@ impl Model {
             }
         }
 
+        // Each sequence's rotary angles, the same in every layer (none for GPT-2).
+        let rope: Vec<ops::RopeTable> = match &cfg.rope {
+            Some(r) => parts
+                .iter()
+                .map(|p| ops::RopeTable::new(r, p.pos0, p.n))
+                .collect(),
+            None => Vec::new(),
+        };
+
         for (l, b) in w.blocks.iter().enumerate() {
             // h = norm(x)                                              (T, C)
             norm(&b.attn_norm, cfg.eps, x, h);
@@ -159,12 +168,9 @@ impl Model {
                     apply(&mm, wk, h, kb, &mut s.mm);
                     apply(&mm, v, h, vb, &mut s.mm);
                     // Rotary positions on q and k, per sequence.
-                    if let Some(r) = &cfg.rope {
-                        for p in parts {
-                            let (qr, kr) = (&mut qb[p.row * c..], &mut kb[p.row * kvd..]);
-                            ops::rope(r, qr, c, p.n, p.pos0, cfg.n_head, hd);
-                            ops::rope(r, kr, kvd, p.n, p.pos0, cfg.n_head_kv, hd);
-                        }
+                    for (p, table) in parts.iter().zip(&rope) {
+                        table.apply(&mut qb[p.row * c..], c, cfg.n_head, hd);
+                        table.apply(&mut kb[p.row * kvd..], kvd, cfg.n_head_kv, hd);
                     }
                     [(0, c), (t * c, kvd), (t * c + t * kvd, kvd)]
                 }

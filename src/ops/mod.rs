@@ -14,7 +14,7 @@ mod rope;
 pub use attention::causal_attention;
 pub use matmul::{linear, MatmulCtx, MatmulScratch};
 pub use norm::{layer_norm, rms_norm};
-pub use rope::rope;
+pub use rope::RopeTable;
 
 use crate::kernels::Kernels;
 
